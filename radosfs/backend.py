@@ -1,0 +1,37 @@
+"""The small protocol the page cache talks to.
+
+The cache knows nothing of RADOS: a plain object, a striped object set, an RBD image and a
+read-only view at a snapshot all implement this, and one cache serves them all.
+"""
+from __future__ import annotations
+
+from typing import Hashable, Protocol
+
+
+class Backend(Protocol):
+    """One file's storage. Errors are raised as exceptions carrying `.errno`."""
+
+    #: identifies the stored thing across handles (two opens of one object share pages)
+    key: Hashable
+    #: True for snapshot views: writes are refused with EROFS before reaching here
+    read_only: bool
+    #: write-out granularity: dirty runs are cut at multiples of this (object boundaries)
+    write_unit: int
+
+    async def size(self) -> int:
+        """Current size as stored in the cluster."""
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Bytes at [offset, offset+length); short (or empty) at end of file."""
+
+    async def write(self, offset: int, data: bytes) -> None:
+        """Store data at offset in place (extending the file if needed)."""
+
+    async def truncate(self, size: int) -> None:
+        """Grow (with zeros) or shrink to `size`."""
+
+    async def flush(self) -> None:
+        """Make acknowledged writes durable (a no-op where an ack already means that)."""
+
+    async def version(self) -> tuple[int, Hashable]:
+        """(size, token): the token changes when the stored data changes (keep_cache)."""

@@ -1,0 +1,118 @@
+"""The librados/librbd-to-trio bridge.
+
+Two ways into the cluster, neither of which blocks the trio event loop:
+
+* `Bridge.aio(submit, nbytes)` for librados/librbd asynchronous calls. The completion
+  callback runs on a librados finisher thread; it hands the result to the loop through the
+  trio token and wakes the awaiting task. No thread is parked per request.
+* `Bridge.run(fn, *args)` for calls that have no asynchronous form (listing, xattrs,
+  truncate, mon commands). They run in a worker thread (the bindings release the GIL),
+  bounded by a capacity limiter.
+
+librados' own throttle (`objecter_inflight_ops` 1024, `objecter_inflight_op_bytes`
+100 MiB) makes the *submit* call block when exceeded, which would stall the loop. We keep
+our own, lower bound on operations and bytes in flight so that never happens.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, TypeVar
+
+import trio
+
+from .errors import RadosFSError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Below librados' objecter limits (1024 ops, 100 MiB), leaving room for the threads.
+MAX_OPS_IN_FLIGHT = 512
+MAX_BYTES_IN_FLIGHT = 64 << 20
+
+
+class Throttle:
+    """Bounds operations and bytes in flight; waiters queue fairly."""
+
+    def __init__(self, max_ops: int, max_bytes: int) -> None:
+        self.max_ops = max_ops
+        self.max_bytes = max_bytes
+        self.ops = 0
+        self.bytes = 0
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def _fits(self, nbytes: int) -> bool:
+        if self.ops >= self.max_ops:
+            return False
+        # One request larger than the byte budget may still go alone.
+        return self.bytes == 0 or self.bytes + nbytes <= self.max_bytes
+
+    async def acquire(self, nbytes: int) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._fits(nbytes):
+            await self._lot.park()
+        self.ops += 1
+        self.bytes += nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.ops -= 1
+        self.bytes -= nbytes
+        self._lot.unpark_all()
+
+
+class Bridge:
+    """Runs librados/librbd calls for the trio loop. Create inside the running loop."""
+
+    def __init__(self, max_ops: int = MAX_OPS_IN_FLIGHT, max_bytes: int = MAX_BYTES_IN_FLIGHT,
+                 max_threads: int = 16) -> None:
+        self.token = trio.lowlevel.current_trio_token()
+        self.throttle = Throttle(max_ops, max_bytes)
+        self.limiter = trio.CapacityLimiter(max_threads)
+        self.stats = {"aio_ops": 0, "thread_calls": 0, "errors": 0}
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking binding call in a worker thread."""
+        self.stats["thread_calls"] += 1
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter,
+                                                 abandon_on_cancel=False)
+        except Exception:
+            self.stats["errors"] += 1
+            raise
+
+    async def aio(self, submit: Callable[[Callable[..., None]], Any], nbytes: int = 0) -> tuple:
+        """Submit one asynchronous call and wait for its completion.
+
+        `submit(oncomplete)` must start the call and arrange for `oncomplete(comp, *result)`
+        to be called when it finishes (the bindings' own callback signature). Returns the
+        extra callback arguments, e.g. `(data,)` for aio_read. Raises `RadosFSError` with
+        the errno when the return value is negative.
+        """
+        await self.throttle.acquire(nbytes)
+        done = trio.Event()
+        box: list[Any] = []
+
+        def finish(result: tuple) -> None:
+            # On the trio thread: release the budget even if the waiter was cancelled.
+            self.throttle.release(nbytes)
+            box.append(result)
+            done.set()
+
+        def oncomplete(comp: Any, *rest: Any) -> None:
+            # On a librados/librbd thread: never touch trio state here.
+            rv = comp.get_return_value()
+            self.token.run_sync_soon(finish, (rv, rest))
+
+        self.stats["aio_ops"] += 1
+        try:
+            submit(oncomplete)
+        except Exception:
+            self.throttle.release(nbytes)
+            self.stats["errors"] += 1
+            raise
+        await done.wait()
+        rv, rest = box[0]
+        if isinstance(rv, int) and rv < 0:
+            self.stats["errors"] += 1
+            raise RadosFSError(-rv, f"librados returned {-rv}")
+        return rest

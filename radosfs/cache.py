@@ -1,0 +1,526 @@
+"""One page cache for the whole mount, over the small `Backend` protocol.
+
+State is explicit (S3QL's block cache is the model):
+
+* a `Page` is a PAGE_SIZE-aligned piece of one file. It is *valid* when `data` holds the
+  page's full stored content (up to the file's size), and *dirty* over [dirty_lo, dirty_hi)
+  when those bytes were written through the mount and not yet acknowledged by the cluster.
+  A page that is not valid only holds its dirty bytes; it is read in (and the dirty bytes
+  laid over it) when someone reads it.
+* a page being written out is *pinned*: it cannot be evicted until the write is answered.
+  Its dirty range is cleared when the write starts; if the write fails it is marked dirty
+  again, so written data never silently leaves the cache.
+* clean, unpinned pages sit in one LRU for the mount; eviction takes from its head.
+
+Invariants (no `await` between the lines that keep them):
+* `dirty_bytes` is the sum of the dirty ranges; `total_bytes` the sum of `len(page.data)`.
+* a dirty or pinned page is never in the LRU.
+
+Write-back happens on flush (fsync, close), at umount, in the background as soon as a file
+has a full write unit of dirty data (so RADOS sees MiB-sized writes while `cp` runs), and
+when dirty data passes `dirty_limit` -- then writers wait (back-pressure).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections import OrderedDict
+from typing import Hashable
+
+import trio
+
+from .backend import Backend
+from .errors import RadosFSError, errno_of
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 1 << 20
+READAHEAD_START = 1 << 20
+READAHEAD_MAX = 32 << 20
+
+
+class Page:
+    __slots__ = ("data", "valid", "dirty_lo", "dirty_hi", "pins", "loading")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.valid = False
+        self.dirty_lo = 0
+        self.dirty_hi = 0
+        self.pins = 0
+        self.loading: trio.Event | None = None
+
+    @property
+    def dirty(self) -> bool:
+        return self.dirty_hi > self.dirty_lo
+
+
+class CachedFile:
+    """The cached state of one stored file, shared by all its open handles."""
+
+    def __init__(self, backend: Backend, stored_size: int) -> None:
+        self.backend = backend
+        self.key = backend.key
+        self.size = stored_size          # logical size, as the user sees it
+        self.stored_size = stored_size   # size in the cluster, as far as we know
+        self.pages: dict[int, Page] = {}
+        self.dirty_pages: set[int] = set()
+        self.in_transit = 0
+        self.idle = trio.Event()
+        self.idle.set()
+        self.opens = 0
+        self.error: int | None = None    # first write-back failure not yet reported
+        self.version: Hashable = None
+        self.writeback_running = False
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.dirty_pages) or self.in_transit > 0
+
+
+class ReadState:
+    """Per open handle: where the next sequential read would start, and the window."""
+    __slots__ = ("next_offset", "window", "prefetched_to")
+
+    def __init__(self) -> None:
+        self.next_offset = 0
+        self.window = 0
+        self.prefetched_to = 0
+
+
+class PageCache:
+    def __init__(self, budget: int = 512 << 20, dirty_limit: int | None = None) -> None:
+        self.budget = max(budget, 8 * PAGE_SIZE)
+        self.dirty_limit = dirty_limit or max(4 * PAGE_SIZE, min(self.budget // 2, 256 << 20))
+        self.files: dict[Hashable, CachedFile] = {}
+        self.lru: OrderedDict[tuple[Hashable, int], None] = OrderedDict()
+        self.total_bytes = 0
+        self.dirty_bytes = 0
+        self.dirty_changed = trio.Event()
+        self.nursery: trio.Nursery | None = None
+        self.stats = {"hits": 0, "misses": 0, "bytes_read": 0, "bytes_written": 0,
+                      "writes": 0, "reads": 0, "prefetched_pages": 0, "evicted_pages": 0,
+                      "writeback_errors": 0}
+
+    # ---- files ------------------------------------------------------------------------
+
+    async def open(self, backend: Backend) -> tuple[CachedFile, bool]:
+        """Get the cached file for a backend; returns (file, kernel cache still good)."""
+        f = self.files.get(backend.key)
+        if f is not None and f.dirty:
+            f.opens += 1
+            return f, True
+        version = await backend.version()
+        f = self.files.get(backend.key)
+        if f is None:
+            f = CachedFile(backend, version[0])
+            f.version = version
+            self.files[backend.key] = f
+            f.opens += 1
+            return f, False
+        f.opens += 1
+        if f.dirty:
+            return f, True
+        f.backend = backend
+        if version != f.version:
+            # Changed in the cluster since we cached it: drop our pages and the kernel's.
+            self._drop_pages(f, keep_dirty=False)
+            f.size = f.stored_size = version[0]
+            f.version = version
+            return f, False
+        return f, True
+
+    def get(self, key: Hashable) -> CachedFile | None:
+        return self.files.get(key)
+
+    async def release(self, f: CachedFile) -> None:
+        """Last step of close(): the file was flushed already; keep its clean pages."""
+        f.opens -= 1
+        if f.opens <= 0 and not f.pages and not f.dirty:
+            self.files.pop(f.key, None)
+
+    async def forget(self, key: Hashable) -> None:
+        """The stored file is going away (unlink): drop everything, wait for writes."""
+        f = self.files.pop(key, None)
+        if f is None:
+            return
+        self._drop_pages(f, keep_dirty=False)
+        await f.idle.wait()
+
+    def rekey(self, old: Hashable, backend: Backend) -> None:
+        """After a rename, cached state follows the new backend."""
+        f = self.files.pop(old, None)
+        if f is not None:
+            for idx in list(f.pages):
+                self.lru.pop((old, idx), None)
+            f.backend = backend
+            f.key = backend.key
+            self.files[f.key] = f
+            for idx, page in f.pages.items():
+                if not page.dirty and not page.pins and page.valid:
+                    self.lru[(f.key, idx)] = None
+
+    def _drop_pages(self, f: CachedFile, keep_dirty: bool, from_index: int = 0) -> None:
+        for idx in [i for i in f.pages if i >= from_index]:
+            page = f.pages[idx]
+            if keep_dirty and (page.dirty or page.pins):
+                continue
+            if page.dirty:
+                self.dirty_bytes -= page.dirty_hi - page.dirty_lo
+                f.dirty_pages.discard(idx)
+            self.total_bytes -= len(page.data)
+            self.lru.pop((f.key, idx), None)
+            del f.pages[idx]
+
+    # ---- reading ----------------------------------------------------------------------
+
+    async def read(self, f: CachedFile, offset: int, length: int,
+                   state: ReadState | None = None) -> bytes:
+        self.stats["reads"] += 1
+        end = min(offset + length, f.size)
+        if offset >= end:
+            return b""
+        if state is not None:
+            self._readahead(f, offset, end, state)
+        out = []
+        pos = offset
+        while pos < end:
+            idx, start = divmod(pos, PAGE_SIZE)
+            page = await self._loaded(f, idx)
+            n = min(end - pos, PAGE_SIZE - start)
+            chunk = bytes(page.data[start:start + n])
+            if len(chunk) < n:  # a hole below the logical size reads as zeros
+                chunk += bytes(n - len(chunk))
+            out.append(chunk)
+            pos += n
+        return b"".join(out)
+
+    async def _loaded(self, f: CachedFile, idx: int) -> Page:
+        """The page with its full content, reading it in if needed."""
+        while True:
+            page = f.pages.get(idx)
+            if page is not None and page.valid:
+                self.stats["hits"] += 1
+                if (f.key, idx) in self.lru:
+                    self.lru.move_to_end((f.key, idx))
+                return page
+            if page is not None and page.loading is not None:
+                await page.loading.wait()
+                continue
+            self.stats["misses"] += 1
+            await self._load(f, idx)
+
+    async def _load(self, f: CachedFile, idx: int) -> None:
+        page = f.pages.get(idx)
+        if page is None:
+            page = f.pages[idx] = Page()
+        if page.valid or page.loading is not None:
+            return
+        page.loading = trio.Event()
+        await self._fill(f, idx, page)
+
+    async def _fill(self, f: CachedFile, idx: int, page: Page) -> None:
+        """Read a page whose `loading` event is set up; wake its waiters when done."""
+        event = page.loading
+        assert event is not None
+        page.pins += 1
+        start = idx * PAGE_SIZE
+        try:
+            want = min(PAGE_SIZE, f.stored_size - start)
+            data = await f.backend.read(start, want) if want > 0 else b""
+            self.stats["bytes_read"] += len(data)
+        finally:
+            page.pins -= 1
+            page.loading = None
+            event.set()
+        if f.pages.get(idx) is not page:
+            return  # dropped (truncate, unlink) while we were reading
+        # Lay the bytes written meanwhile (or before) over what the cluster had.
+        limit = max(0, min(PAGE_SIZE, f.size - start))
+        base = bytearray(data[:limit])
+        if len(base) < limit:
+            base.extend(bytes(limit - len(base)))
+        if page.dirty:
+            base[page.dirty_lo:page.dirty_hi] = page.data[page.dirty_lo:page.dirty_hi]
+        self.total_bytes += len(base) - len(page.data)
+        page.data = base
+        page.valid = True
+        if not page.dirty and not page.pins:
+            self.lru[(f.key, idx)] = None
+        self._evict()
+
+    def _readahead(self, f: CachedFile, offset: int, end: int, st: ReadState) -> None:
+        """Grow a prefetch window while reads are sequential; drop it on a seek."""
+        if offset == st.next_offset and offset > 0:
+            st.window = min(READAHEAD_MAX, max(READAHEAD_START, st.window * 2))
+        elif offset != st.next_offset:
+            st.window = 0
+            st.prefetched_to = 0
+        st.next_offset = end
+        if not st.window or self.nursery is None:
+            return
+        # Refill when less than half the window is ahead of the reader.
+        if st.prefetched_to - end > st.window // 2:
+            return
+        first = max(end, st.prefetched_to)
+        last = min(f.size, end + st.window)
+        budget_room = self.budget // 4
+        for idx in range(first // PAGE_SIZE, (last + PAGE_SIZE - 1) // PAGE_SIZE):
+            if idx in f.pages:
+                continue
+            if idx * PAGE_SIZE >= f.stored_size or budget_room <= 0:
+                break
+            budget_room -= PAGE_SIZE
+            page = f.pages[idx] = Page()
+            page.loading = trio.Event()
+            self.stats["prefetched_pages"] += 1
+            self.nursery.start_soon(self._prefetch, f, idx, page)
+        st.prefetched_to = max(st.prefetched_to, last)
+
+    async def _prefetch(self, f: CachedFile, idx: int, page: Page) -> None:
+        try:
+            await self._fill(f, idx, page)
+        except Exception as exc:  # the reader will retry and see the error itself
+            log.debug("prefetch of %s page %d failed: %r", f.key, idx, exc)
+            page = f.pages.get(idx)
+            if page is not None and not page.valid and not page.dirty and not page.pins:
+                del f.pages[idx]
+
+    # ---- writing ----------------------------------------------------------------------
+
+    async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
+        self.stats["writes"] += 1
+        pos = 0
+        n_total = len(data)
+        view = memoryview(data)
+        while pos < n_total:
+            idx, start = divmod(offset + pos, PAGE_SIZE)
+            n = min(n_total - pos, PAGE_SIZE - start)
+            page = f.pages.get(idx)
+            if page is None:
+                page = f.pages[idx] = Page()
+                if idx * PAGE_SIZE >= f.stored_size:
+                    page.valid = True  # nothing stored there yet: zeros
+            if not page.valid and page.dirty and (start > page.dirty_hi
+                                                  or start + n < page.dirty_lo):
+                # A second, separate dirty range in a page we never read: read it first so
+                # one range per page is enough.
+                await self._loaded(f, idx)
+                page = f.pages[idx]
+            self._put(f, idx, page, start, view[pos:pos + n])
+            pos += n
+        f.size = max(f.size, offset + n_total)
+        self.dirty_changed.set()
+        self._evict()
+        self._start_writeback(f, full_only=True)
+        if self.dirty_bytes > self.dirty_limit:
+            await self._throttle_writer(f)
+        return n_total
+
+    def _put(self, f: CachedFile, idx: int, page: Page, start: int, chunk: memoryview) -> None:
+        end = start + len(chunk)
+        old = len(page.data)
+        if end > old:
+            page.data.extend(bytes(end - old))
+            self.total_bytes += end - old
+        page.data[start:end] = chunk
+        if page.dirty:
+            before = page.dirty_hi - page.dirty_lo
+            page.dirty_lo = min(page.dirty_lo, start)
+            page.dirty_hi = max(page.dirty_hi, end)
+        else:
+            before = 0
+            page.dirty_lo, page.dirty_hi = start, end
+            self.lru.pop((f.key, idx), None)
+            f.dirty_pages.add(idx)
+        self.dirty_bytes += (page.dirty_hi - page.dirty_lo) - before
+
+    async def _throttle_writer(self, f: CachedFile) -> None:
+        """Back-pressure: the writer waits until dirty data is below the limit again."""
+        while self.dirty_bytes > self.dirty_limit:
+            self._start_writeback(f, full_only=False)
+            for other in list(self.files.values()):
+                if other.dirty_pages:
+                    self._start_writeback(other, full_only=False)
+            self.dirty_changed = trio.Event()
+            await self.dirty_changed.wait()
+
+    def _runs(self, f: CachedFile, full_only: bool) -> list[tuple[int, list[int]]]:
+        """Contiguous dirty byte runs, cut at the backend's write-unit boundaries.
+
+        Returns (offset, page indexes). With `full_only`, only runs that fill a whole write
+        unit (or reach the end of the file) are returned: the rest may still grow.
+        """
+        unit = max(PAGE_SIZE, f.backend.write_unit)
+        runs: list[tuple[int, list[int]]] = []
+        cur: list[int] = []
+        cur_start = cur_end = -1
+        for idx in sorted(f.dirty_pages):
+            page = f.pages[idx]
+            lo = idx * PAGE_SIZE + page.dirty_lo
+            hi = idx * PAGE_SIZE + page.dirty_hi
+            if cur and lo == cur_end and lo % unit != 0:
+                cur.append(idx)
+                cur_end = hi
+                continue
+            if cur:
+                runs.append((cur_start, cur))
+            cur, cur_start, cur_end = [idx], lo, hi
+        if cur:
+            runs.append((cur_start, cur))
+        if full_only:
+            def full(run: tuple[int, list[int]]) -> bool:
+                start, pages = run
+                last = pages[-1]
+                end = last * PAGE_SIZE + f.pages[last].dirty_hi
+                return end - start >= unit or end % unit == 0 and end - start >= PAGE_SIZE
+            runs = [r for r in runs if full(r)]
+        return runs
+
+    def _start_writeback(self, f: CachedFile, full_only: bool) -> None:
+        if self.nursery is None or not f.dirty_pages:
+            return
+        for offset, idxs in self._runs(f, full_only):
+            data = self._take_run(f, idxs)
+            self.nursery.start_soon(self._write_run, f, offset, idxs, data)
+
+    def _take_run(self, f: CachedFile, idxs: list[int]) -> bytes:
+        """Copy a run's dirty bytes and mark them in transit (no await: atomic)."""
+        parts = []
+        for idx in idxs:
+            page = f.pages[idx]
+            parts.append(bytes(page.data[page.dirty_lo:page.dirty_hi]))
+            self.dirty_bytes -= page.dirty_hi - page.dirty_lo
+            page.dirty_lo = page.dirty_hi = 0
+            page.pins += 1
+            f.dirty_pages.discard(idx)
+        f.in_transit += 1
+        f.idle = trio.Event() if f.idle.is_set() else f.idle
+        return b"".join(parts)
+
+    async def _write_run(self, f: CachedFile, offset: int, idxs: list[int],
+                         data: bytes) -> None:
+        try:
+            await f.backend.write(offset, data)
+            self.stats["bytes_written"] += len(data)
+            f.stored_size = max(f.stored_size, offset + len(data))
+        except Exception as exc:
+            err = errno_of(exc) or errno.EIO
+            self.stats["writeback_errors"] += 1
+            log.error("write-back of %d bytes at %d to %s failed: %s", len(data), offset,
+                      f.key, exc)
+            if f.error is None:
+                f.error = err
+            self._redirty(f, offset, idxs, data)
+        finally:
+            for idx in idxs:
+                page = f.pages.get(idx)
+                if page is not None:
+                    page.pins -= 1
+                    if not page.pins and not page.dirty and page.valid:
+                        self.lru[(f.key, idx)] = None
+            f.in_transit -= 1
+            if f.in_transit == 0:
+                f.idle.set()
+            self.dirty_changed.set()
+            self._evict()
+
+    def _redirty(self, f: CachedFile, offset: int, idxs: list[int], data: bytes) -> None:
+        """A failed write: its bytes are dirty again (unless the file was dropped)."""
+        if self.files.get(f.key) is not f:
+            return
+        pos = offset
+        for idx in idxs:
+            page = f.pages.get(idx)
+            start = pos - idx * PAGE_SIZE
+            n = min(PAGE_SIZE - start, offset + len(data) - pos)
+            if page is not None and start + n <= len(page.data):
+                self._put(f, idx, page, start, memoryview(page.data)[start:start + n])
+            pos += n
+
+    async def flush(self, f: CachedFile) -> None:
+        """Write back every dirty byte of the file and wait until the cluster has it all.
+
+        Raises the errno of a failed write-back (once), after which the data stays dirty
+        and the next flush tries again.
+        """
+        for _ in range(3):
+            self._start_writeback(f, full_only=False)
+            await f.idle.wait()
+            if not f.dirty_pages or f.error is not None:
+                break
+        if f.error is None and f.dirty_pages:
+            self._start_writeback(f, full_only=False)
+            await f.idle.wait()
+        if f.error is None:
+            await f.backend.flush()
+            if not f.dirty:
+                f.version = await f.backend.version()
+        err, f.error = f.error, None
+        if err is not None:
+            raise RadosFSError(err, f"write-back to {f.key} failed")
+
+    async def flush_all(self) -> list[tuple[Hashable, int]]:
+        """Write back everything (umount, snapshots); returns files that failed."""
+        failed = []
+        for f in list(self.files.values()):
+            if f.dirty:
+                try:
+                    await self.flush(f)
+                except RadosFSError as exc:
+                    failed.append((f.key, exc.errno))
+        return failed
+
+    async def flush_where(self, match) -> None:
+        """Write back every file whose key satisfies `match` (e.g. one pool's files)."""
+        for f in list(self.files.values()):
+            if f.dirty and match(f.key):
+                await self.flush(f)
+
+    # ---- size changes -----------------------------------------------------------------
+
+    async def truncate(self, f: CachedFile, size: int) -> None:
+        """Resize now (write-through): drop or trim pages past the new end."""
+        # Writes in flight past the new end would land after the truncate and undo it.
+        await f.idle.wait()
+        await f.backend.truncate(size)
+        last_idx, last_len = divmod(size, PAGE_SIZE)
+        self._drop_pages(f, keep_dirty=False, from_index=last_idx + (1 if last_len else 0))
+        page = f.pages.get(last_idx)
+        if page is not None and last_len:
+            if len(page.data) > last_len:
+                self.total_bytes -= len(page.data) - last_len
+                del page.data[last_len:]
+            if page.dirty:
+                old = page.dirty_hi - page.dirty_lo
+                page.dirty_hi = min(page.dirty_hi, last_len)
+                if page.dirty_hi <= page.dirty_lo:
+                    page.dirty_lo = page.dirty_hi = 0
+                    f.dirty_pages.discard(last_idx)
+                    if page.valid and not page.pins:
+                        self.lru[(f.key, last_idx)] = None
+                self.dirty_bytes -= old - max(0, page.dirty_hi - page.dirty_lo)
+        f.size = f.stored_size = size
+        if not f.dirty:
+            f.version = await f.backend.version()
+
+    # ---- eviction ---------------------------------------------------------------------
+
+    def _evict(self) -> None:
+        while self.total_bytes > self.budget and self.lru:
+            (key, idx), _ = self.lru.popitem(last=False)
+            f = self.files.get(key)
+            if f is None:
+                continue
+            page = f.pages.get(idx)
+            if page is None or page.dirty or page.pins:
+                continue
+            self.total_bytes -= len(page.data)
+            del f.pages[idx]
+            self.stats["evicted_pages"] += 1
+            if not f.pages and f.opens <= 0 and not f.dirty:
+                self.files.pop(key, None)
+
+    def counters(self) -> dict:
+        return dict(self.stats, cached_bytes=self.total_bytes, dirty_bytes=self.dirty_bytes,
+                    budget=self.budget, dirty_limit=self.dirty_limit, files=len(self.files))

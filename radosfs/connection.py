@@ -1,0 +1,132 @@
+"""The cluster connection: one Rados handle, an ioctx per pool, bounded timeouts.
+
+librados waits forever by default (`rados_osd_op_timeout` and `rados_mon_op_timeout` are 0,
+and `Rados.connect(timeout=)` is ignored); `client_mount_timeout` is what bounds connect.
+All three are set here from mount options, so no call made through the mount hangs forever.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+import rados
+
+from .bridge import Bridge
+from .errors import RadosFSError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientConfig:
+    """What is needed to reach the cluster (from mount options)."""
+    conf: str | None = None
+    name: str = "client.admin"
+    keyring: str | None = None
+    connect_timeout: float = 10.0
+    op_timeout: float = 30.0
+
+
+class ConnectError(Exception):
+    """The cluster could not be reached; the message is one line naming the cause."""
+
+
+def _clean_message(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+
+
+def open_cluster(cfg: ClientConfig) -> rados.Rados:
+    """Connect synchronously (before the loop starts); raise ConnectError with a clear cause."""
+    name = cfg.name if "." in cfg.name else f"client.{cfg.name}"
+    try:
+        handle = rados.Rados(conffile=cfg.conf or "", name=name)
+    except rados.Error as exc:
+        raise ConnectError(f"cannot read ceph configuration {cfg.conf}: {_clean_message(exc)}")
+    try:
+        if cfg.keyring:
+            handle.conf_set("keyring", cfg.keyring)
+        handle.conf_set("client_mount_timeout", str(int(max(1, cfg.connect_timeout))))
+        handle.conf_set("rados_mon_op_timeout", str(cfg.op_timeout))
+        handle.conf_set("rados_osd_op_timeout", str(cfg.op_timeout))
+        # librbd's own cache would be a second cache below ours.
+        handle.conf_set("rbd_cache", "false")
+        handle.connect()
+    except rados.TimedOut:
+        handle.shutdown()
+        raise ConnectError(f"cluster did not answer within {cfg.connect_timeout:g}s "
+                           f"(monitors in {cfg.conf or 'the default ceph.conf'} unreachable?)")
+    except rados.PermissionDeniedError as exc:
+        handle.shutdown()
+        raise ConnectError(f"the cluster refused the key of {name}: {_clean_message(exc)}")
+    except rados.ObjectNotFound as exc:
+        handle.shutdown()
+        raise ConnectError(f"no keyring or configuration found for {name}: "
+                           f"{_clean_message(exc)}")
+    except rados.Error as exc:
+        handle.shutdown()
+        raise ConnectError(f"cannot connect to the cluster as {name}: {_clean_message(exc)}")
+    return handle
+
+
+class Connection:
+    """The connected cluster as the filesystem uses it: ioctxs, pools, stats."""
+
+    def __init__(self, handle: rados.Rados, bridge: Bridge) -> None:
+        self.handle = handle
+        self.bridge = bridge
+        self._ioctx: dict[str, rados.Ioctx] = {}
+
+    async def ioctx(self, pool: str) -> rados.Ioctx:
+        """The shared ioctx of a pool (HEAD, default namespace)."""
+        io = self._ioctx.get(pool)
+        if io is None:
+            io = await self.bridge.run(self.handle.open_ioctx, pool)
+            # Fail at once with EDQUOT/ENOSPC at a quota or a full cluster instead of
+            # blocking every write (and delete) until the op timeout.
+            io.set_osdmap_full_try()
+            io = self._ioctx.setdefault(pool, io)
+        return io
+
+    def forget_pool(self, pool: str) -> None:
+        io = self._ioctx.pop(pool, None)
+        if io is not None:
+            io.close()
+
+    async def list_pools(self) -> list[str]:
+        return await self.bridge.run(self.handle.list_pools)
+
+    async def pool_exists(self, pool: str) -> bool:
+        return await self.bridge.run(self.handle.pool_exists, pool)
+
+    async def pool_applications(self, pool: str) -> list[str]:
+        io = await self.ioctx(pool)
+        return await self.bridge.run(io.application_list)
+
+    async def create_pool(self, pool: str, application: str = "radosfs") -> None:
+        await self.bridge.run(self.handle.create_pool, pool)
+        io = await self.ioctx(pool)
+        # A pool without an application makes the cluster warn (POOL_APP_NOT_ENABLED).
+        await self.bridge.run(io.application_enable, application, True)
+
+    async def delete_pool(self, pool: str) -> None:
+        self.forget_pool(pool)
+        await self.bridge.run(self.handle.delete_pool, pool)
+
+    async def mon_command(self, cmd: dict) -> str:
+        rc, out, err = await self.bridge.run(self.handle.mon_command, json.dumps(cmd), b"")
+        if rc < 0:
+            raise RadosFSError(-rc, err or f"mon command {cmd.get('prefix')} failed")
+        return out.decode() if isinstance(out, bytes) else out
+
+    async def cluster_stats(self) -> dict:
+        return await self.bridge.run(self.handle.get_cluster_stats)
+
+    def close(self) -> None:
+        for io in self._ioctx.values():
+            try:
+                io.close()
+            except rados.Error:
+                pass
+        self._ioctx.clear()
+        self.handle.shutdown()

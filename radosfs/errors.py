@@ -1,0 +1,61 @@
+"""Errno mapping in one place.
+
+Every failure that reaches FUSE goes through `to_errno`, so a caller sees the right errno
+and the log gets one line naming the cause. Nothing else in the package decides errnos
+for librados/librbd exceptions.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+
+log = logging.getLogger(__name__)
+
+# librados errors that mean something specific to a filesystem user.
+_PASS_THROUGH = {
+    errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ENAMETOOLONG, errno.EROFS,
+    errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EINVAL,
+    errno.EBUSY, errno.ETIMEDOUT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA,
+    errno.E2BIG, errno.ERANGE, errno.EXDEV, errno.ENOTSUP, errno.ENOSYS, errno.EMSGSIZE,
+    errno.EIO, errno.ENOTCONN,
+}
+
+
+class RadosFSError(Exception):
+    """An error that already knows its errno (raised by our own code)."""
+
+    def __init__(self, err: int, message: str = "") -> None:
+        super().__init__(message or errno.errorcode.get(err, str(err)))
+        self.errno = err
+
+
+def errno_of(exc: BaseException) -> int | None:
+    """The errno an exception carries (librados, librbd and OSError all have `.errno`)."""
+    err = getattr(exc, "errno", None)
+    if isinstance(err, int) and err:
+        return abs(err)
+    return None
+
+
+def to_errno(exc: BaseException, what: str) -> int:
+    """Map any exception to the errno a filesystem caller should see, logging the cause.
+
+    `what` names the operation and path, e.g. "write data/foo".
+    """
+    err = errno_of(exc)
+    if err == errno.ETIMEDOUT:
+        log.error("%s: cluster did not answer in time (%s)", what, exc)
+        return errno.EIO
+    if err == errno.EMSGSIZE or err == errno.EFBIG:
+        log.warning("%s: object too large for the cluster (%s)", what, exc)
+        return errno.EFBIG
+    if err in _PASS_THROUGH:
+        level = logging.DEBUG if err in (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY,
+                                         errno.ENODATA, errno.ENAMETOOLONG) else logging.WARNING
+        log.log(level, "%s: %s", what, exc)
+        return err
+    if err == errno.ESHUTDOWN or err == errno.ENOTCONN:
+        log.error("%s: not connected to the cluster (%s)", what, exc)
+        return errno.EIO
+    log.error("%s: unexpected failure: %r", what, exc, exc_info=err is None)
+    return errno.EIO
