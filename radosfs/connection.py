@@ -47,8 +47,8 @@ def open_cluster(cfg: ClientConfig) -> rados.Rados:
         if cfg.keyring:
             handle.conf_set("keyring", cfg.keyring)
         handle.conf_set("client_mount_timeout", str(int(max(1, cfg.connect_timeout))))
-        handle.conf_set("rados_mon_op_timeout", str(cfg.op_timeout))
-        handle.conf_set("rados_osd_op_timeout", str(cfg.op_timeout))
+        handle.conf_set("rados_mon_op_timeout", str(int(max(1, cfg.op_timeout))))
+        handle.conf_set("rados_osd_op_timeout", str(int(max(1, cfg.op_timeout))))
         # librbd's own cache would be a second cache below ours.
         handle.conf_set("rbd_cache", "false")
         handle.connect()

@@ -96,3 +96,16 @@ class RadosObject:
 
     async def version(self) -> Hashable:
         return await self.stat()
+
+
+def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> None:
+    """Run one compound write op (blocking; call through Bridge.run).
+
+    `build(op)` adds the steps. The mtime is always given: librados would store 1970.
+    """
+    op = ioctx.create_write_op()
+    try:
+        build(op)
+        ioctx.operate_write_op(op, oid, mtime=int(mtime if mtime is not None else time.time()))
+    finally:
+        ioctx.release_write_op(op)

@@ -1,0 +1,34 @@
+"""What one mount shares: the connection, the bridge, the page cache, the inode table."""
+from __future__ import annotations
+
+import time
+
+from .bridge import Bridge
+from .cache import PageCache
+from .connection import Connection
+from .nodes import InodeTable, PoolIndex, RootNode
+from .options import MountOptions
+
+
+class FileSystem:
+    def __init__(self, conn: Connection, bridge: Bridge, options: MountOptions) -> None:
+        self.conn = conn
+        self.bridge = bridge
+        self.options = options
+        self.cache = PageCache(options.cache_size)
+        self.table = InodeTable()
+        self.mount_time = time.time()
+        self._indexes: dict[str, PoolIndex] = {}
+        self.root = RootNode(self)
+        self.table.add_root(self.root)
+
+    def pool_index(self, pool: str) -> PoolIndex:
+        idx = self._indexes.get(pool)
+        if idx is None:
+            idx = self._indexes[pool] = PoolIndex()
+        return idx
+
+    def counters(self) -> dict:
+        return {"cache": self.cache.counters(),
+                "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
+                              bytes_in_flight=self.bridge.throttle.bytes)}

@@ -1,0 +1,244 @@
+"""`mount.radosfs`: option parsing, daemonizing once the mount is ready, signals, logging.
+
+    mount.radosfs [SOURCE] MOUNTPOINT [-o OPT[,OPT...]] [-f]
+
+It is called by mount(8) as `mount.radosfs none /mnt/ceph -o ...`, so `mount -t radosfs`
+and /etc/fstab lines work. Without -f it returns once the mount is ready and keeps serving
+in the background; every failure before that is one line on stderr and a non-zero exit.
+"""
+from __future__ import annotations
+
+import argparse
+import errno
+import faulthandler
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+
+import pyfuse3
+import trio
+
+from .bridge import Bridge
+from .connection import ClientConfig, ConnectError, Connection, open_cluster
+from .filesystem import FileSystem
+from .operations import Operations
+from .options import HELP, MountOptions, OptionError, parse_options
+
+log = logging.getLogger("radosfs")
+
+READY_TIMEOUT = 30.0   # the parent waits this long for the daemon to report
+
+
+class MountError(Exception):
+    """A one-line reason the mount could not be made."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = "options (-o):\n" + "\n".join(f"  {k:<26} {v}" for k, v in HELP.items())
+    p = argparse.ArgumentParser(
+        prog="mount.radosfs", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Mount a Ceph cluster: pools as directories, RADOS objects and RBD "
+                    "images as files.", epilog=epilog)
+    p.add_argument("source", nargs="?", default="none",
+                   help="'none', or a client name (e.g. admin or client.backup)")
+    p.add_argument("mountpoint")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
+                   help="comma-separated mount options (below)")
+    p.add_argument("-f", "--foreground", action="store_true",
+                   help="stay in the foreground and log to stderr")
+    p.add_argument("--log", metavar="PATH",
+                   help="log file when in the background (default: syslog if available)")
+    # Flags mount(8) passes to helpers: accepted and ignored.
+    p.add_argument("-n", "-s", "-v", dest="ignored", action="count", help=argparse.SUPPRESS)
+    return p
+
+
+def resolve_options(args: argparse.Namespace) -> MountOptions:
+    mo = MountOptions()
+    if args.source not in ("none", "radosfs", "ceph", ""):
+        mo.name = args.source if "." in args.source else f"client.{args.source}"
+    mo = parse_options(args.options, mo)
+    if mo.conf is None:
+        mo.conf = os.environ.get("CEPH_CONF") or "/etc/ceph/ceph.conf"
+    if not os.path.isfile(mo.conf):
+        raise MountError(f"ceph configuration {mo.conf} not found (use -o conf=PATH)")
+    if mo.keyring is not None and not os.path.isfile(mo.keyring):
+        raise MountError(f"keyring {mo.keyring} not found")
+    return mo
+
+
+def check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise MountError(f"mountpoint {path} does not exist")
+    if not os.path.isdir(path):
+        raise MountError(f"mountpoint {path} is not a directory")
+    if os.path.ismount(path):
+        raise MountError(f"mountpoint {path} is busy (something is mounted there)")
+    return path
+
+
+def fuse_options(mo: MountOptions, source: str) -> set[str]:
+    opts = set(pyfuse3.default_options) - {"default_permissions"}
+    opts |= {f"fsname={source if source != 'none' else 'radosfs'}", "subtype=radosfs"}
+    opts |= mo.fuse
+    if "allow_other" in mo.fuse:
+        opts.add("default_permissions")
+    if mo.ro:
+        opts.add("ro")
+    if mo.debug:
+        opts.add("debug")
+    return opts
+
+
+def setup_logging(foreground: bool, debug: bool, logfile: str | None) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if foreground or logfile:
+        handler: logging.Handler = (logging.FileHandler(logfile) if logfile
+                                    else logging.StreamHandler(sys.stderr))
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    elif os.path.exists("/dev/log"):
+        handler = logging.handlers.SysLogHandler("/dev/log")
+        handler.setFormatter(logging.Formatter("radosfs[%(process)d]: %(levelname)s "
+                                               "%(name)s: %(message)s"))
+    else:
+        handler = logging.NullHandler()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
+                ready) -> None:
+    """Mount, report readiness, serve until unmounted or signalled, then write back."""
+    bridge = Bridge()
+    conn = Connection(handle, bridge)
+    fs = FileSystem(conn, bridge, fs_options)
+    ops = Operations(fs)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options(fs_options, source))
+    except RuntimeError as exc:
+        raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
+    clean = False
+    try:
+        async with trio.open_nursery() as nursery:
+            fs.cache.nursery = nursery
+            nursery.start_soon(_signals, nursery)
+            log.info("mounted %s on %s", source, mountpoint)
+            ready(None)
+            await pyfuse3.main()
+            failed = await fs.cache.flush_all()
+            for key, err in failed:
+                log.error("umount: data of %s could not be written back (%s); it is lost",
+                          key, os.strerror(err))
+            clean = True
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)
+        log.info("unmounted %s%s", mountpoint, "" if clean else " (after an error)")
+
+
+async def _signals(nursery: trio.Nursery) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for sig in sigs:
+            log.info("signal %d: unmounting after writing back", sig)
+            pyfuse3.terminate()
+            return
+
+
+def run_daemon(mo: MountOptions, mountpoint: str, source: str, foreground: bool,
+               ready) -> int:
+    """Connect, mount and serve; `ready(err)` is called once with None or a message."""
+    faulthandler.register(signal.SIGUSR1)
+    try:
+        handle = open_cluster(ClientConfig(conf=mo.conf, name=mo.name, keyring=mo.keyring,
+                                           connect_timeout=mo.connect_timeout,
+                                           op_timeout=mo.op_timeout))
+    except ConnectError as exc:
+        ready(str(exc))
+        return 1
+    try:
+        trio.run(serve, mo, handle, mountpoint, source, ready)
+    except MountError as exc:
+        ready(str(exc))
+        return 1
+    except Exception as exc:  # a bug: log it fully, tell the caller one line
+        log.exception("radosfs stopped on an unexpected error")
+        ready(f"unexpected error: {exc!r}")
+        return 1
+    finally:
+        handle.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        mo = resolve_options(args)
+        mountpoint = check_mountpoint(args.mountpoint)
+    except (MountError, OptionError) as exc:
+        print(f"mount.radosfs: {exc}", file=sys.stderr)
+        return 1
+    foreground = args.foreground or mo.debug
+    if foreground:
+        setup_logging(True, mo.debug, args.log)
+
+        def ready(err: str | None) -> None:
+            if err:
+                print(f"mount.radosfs: {err}", file=sys.stderr)
+        return run_daemon(mo, mountpoint, args.source, True, ready)
+    return _daemonize(mo, mountpoint, args, )
+
+
+def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> int:
+    """Fork before any thread exists; the parent returns once the child says ready."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(wfd)
+        return _wait_ready(rfd, pid, mountpoint)
+    os.close(rfd)
+    os.setsid()
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    setup_logging(False, mo.debug, args.log)
+    sent = False
+
+    def ready(err: str | None) -> None:
+        nonlocal sent
+        if sent:
+            if err:
+                log.error("%s", err)
+            return
+        sent = True
+        os.write(wfd, (err or "OK").encode()[:4000])
+        os.close(wfd)
+        if not err:  # from now on nothing may write to the caller's terminal
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+
+    code = run_daemon(mo, mountpoint, args.source, False, ready)
+    os._exit(code)
+
+
+def _wait_ready(rfd: int, pid: int, mountpoint: str) -> int:
+    import select
+    ready, _, _ = select.select([rfd], [], [], READY_TIMEOUT)
+    msg = os.read(rfd, 4096).decode(errors="replace") if ready else ""
+    os.close(rfd)
+    if msg == "OK":
+        return 0
+    if not ready:
+        os.kill(pid, signal.SIGTERM)
+        msg = f"the mount was not ready within {READY_TIMEOUT:g}s"
+    os.waitpid(pid, 0) if ready else None
+    print(f"mount.radosfs: {msg or 'the mount daemon exited early'}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
