@@ -563,7 +563,8 @@ def _one_line(text: str, limit: int = 300) -> str:
 _NOISE = re.compile(r"Falling back to public interface|set_numa_affinity|received +signal|"
                     r"log_to_monitors|waiting for initial osdmap|_read_bdev_label failed to open|"
                     r"NOTIFY_TYPES|non-daemon|F_SET_FILE_RW_HINT|Got [Ss]ignal|"
-                    r"Immediate shutdown|unable to allocate|auth: unable to find a keyring")
+                    r"Immediate shutdown|unable to allocate|auth: unable to find a keyring|"
+                    r"unparsable uuid|Caught signal|: In function ")
 _ERRORISH = re.compile(r" -1 |error|fail|unable|denied|no such|exists|invalid|abort",
                        re.IGNORECASE)
 
@@ -577,11 +578,10 @@ def _error_line(text: str) -> str:
             lines = lines[:i]
             break
     assertion = next((ln for ln in lines if "FAILED ceph_assert" in ln), None)
-    if assertion is not None:
-        lines = lines[:lines.index(assertion)]
     cause = next((ln for ln in reversed(lines)
                   if _ERRORISH.search(ln) and not _NOISE.search(ln)
-                  and not re.match(r"\s*\d+: \(", ln)), "")     # backtrace frames
+                  and "FAILED ceph_assert" not in ln
+                  and not re.match(r"\s*-?\d+(: |> )", ln)), "")  # backtrace, dump
     cause = _one_line(cause)
     if assertion is not None:
         failed = _one_line(assertion.split("FAILED", 1)[1])

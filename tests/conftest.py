@@ -1,0 +1,131 @@
+"""Fixtures: one memstore cluster per test session, radosfs mounted on it by the real
+`mount.radosfs` command, and helpers that check results through the cluster's own CLIs."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from radosfs.cluster import LocalCluster
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    for tool in ("ceph-mon", "ceph-osd", "ceph-mgr", "rados"):
+        if shutil.which(tool) is None:
+            raise pytest.UsageError(f"{tool} not installed: run scripts/setup first")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    base = Path(tempfile.mkdtemp(prefix="radosfs-test-"))
+    c = LocalCluster(base / "cluster", store="memstore", memstore_bytes=6 << 30)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+class Mount:
+    """A radosfs mount made by the real mount command, unmounted on close."""
+
+    def __init__(self, cluster: LocalCluster, path: Path, options: str = "",
+                 log: Path | None = None) -> None:
+        self.cluster = cluster
+        self.path = path
+        self.log = log or path.with_suffix(".log")
+        path.mkdir(parents=True, exist_ok=True)
+        opts = f"conf={cluster.conf_path}" + (f",{options}" if options else "")
+        res = subprocess.run([sys.executable, "-m", "radosfs.mount", "none", str(path),
+                              "-o", opts, "--log", str(self.log)],
+                             capture_output=True, text=True, timeout=60, cwd=REPO,
+                             env=env_with_repo())
+        if res.returncode != 0:
+            raise RuntimeError(f"mount failed: {res.stderr.strip()}\n{self.read_log()}")
+
+    def read_log(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def close(self) -> None:
+        if os.path.ismount(self.path):
+            subprocess.run(["fusermount3", "-u", str(self.path)], timeout=120, check=False)
+            deadline = time.monotonic() + 30
+            while os.path.ismount(self.path) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if os.path.ismount(self.path):
+                subprocess.run(["fusermount3", "-uz", str(self.path)], check=False)
+        # The daemon writes back and exits after the unmount; wait for its last line.
+        deadline = time.monotonic() + 30
+        while "unmounted" not in self.read_log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def __truediv__(self, other: str) -> Path:
+        return self.path / other
+
+
+def env_with_repo() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="session")
+def mount_factory(cluster, tmp_path_factory):
+    mounts: list[Mount] = []
+
+    def make(options: str = "") -> Mount:
+        path = tmp_path_factory.mktemp("mnt") / "m"
+        m = Mount(cluster, path, options)
+        mounts.append(m)
+        return m
+
+    yield make
+    for m in mounts:
+        m.close()
+
+
+@pytest.fixture(scope="session")
+def mnt(mount_factory) -> Mount:
+    return mount_factory("")
+
+
+@pytest.fixture
+def pool(cluster, mnt):
+    """A fresh object pool for one test, removed afterwards."""
+    name = "t-" + uuid.uuid4().hex[:8]
+    cluster.ceph("osd", "pool", "create", name, "8")
+    cluster.ceph("osd", "pool", "application", "enable", name, "test")
+    yield name
+    cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+
+def run(cmd: list[str] | str, cluster: LocalCluster | None = None, check: bool = True,
+        timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """Run a real program; with `cluster`, against that cluster (CEPH_CONF set)."""
+    env = dict(os.environ)
+    if cluster is not None:
+        env.update(cluster.env())
+    res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True,
+                         env=env, timeout=timeout, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}): "
+                             f"{res.stderr.decode(errors='replace')}")
+    return res
+
+
+@pytest.fixture
+def rados(cluster):
+    """`rados(pool, *args)` runs the rados CLI; returns stdout bytes."""
+    def call(pool: str, *args: str, check: bool = True) -> bytes:
+        return run(["rados", "-p", pool, *args], cluster, check=check).stdout
+    return call
