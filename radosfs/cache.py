@@ -147,19 +147,6 @@ class PageCache:
         self._drop_pages(f, keep_dirty=False)
         await f.idle.wait()
 
-    def rekey(self, old: Hashable, backend: Backend) -> None:
-        """After a rename, cached state follows the new backend."""
-        f = self.files.pop(old, None)
-        if f is not None:
-            for idx in list(f.pages):
-                self.lru.pop((old, idx), None)
-            f.backend = backend
-            f.key = backend.key
-            self.files[f.key] = f
-            for idx, page in f.pages.items():
-                if not page.dirty and not page.pins and page.valid:
-                    self.lru[(f.key, idx)] = None
-
     def _drop_pages(self, f: CachedFile, keep_dirty: bool, from_index: int = 0) -> None:
         for idx in [i for i in f.pages if i >= from_index]:
             page = f.pages[idx]

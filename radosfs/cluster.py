@@ -118,10 +118,15 @@ class LocalCluster:
         """
         deadline = time.monotonic() + timeout
         t0 = time.monotonic()
+        longest = self.directory / "run" / f"{_CLUSTER}-{self._mgr.name}.asok"
+        if len(os.fsencode(longest)) > 107:    # sun_path: the daemons' admin sockets
+            raise ClusterError(f"directory path too long for the daemons' admin sockets "
+                               f"({longest} is over 107 bytes); use a shorter one")
         self.directory.mkdir(parents=True, exist_ok=True)
         self._watch = []
-        built = self._read_marker()
+        building = False
         try:
+            built = self._read_marker()
             if built is not None and built.get("store") != self.store:
                 raise ClusterError(f"{self.directory} holds a {built.get('store')} cluster, not "
                                    f"{self.store}; pass store={built.get('store')!r} or remove it")
@@ -129,13 +134,13 @@ class LocalCluster:
                 # memstore lost the OSD's data when it stopped: only a fresh build is usable.
                 log.info("memstore cluster in %s was stopped; rebuilding it", self.directory)
                 self.stop()
-                self._wipe()
                 built = None
             if built is None:
                 if any(self._alive(d) for d in self._daemons):
                     raise ClusterError(f"daemons of an unfinished build are running in "
                                        f"{self.directory}; run stop first")
                 self._wipe()
+                building = True
                 self._build(deadline)
             else:
                 for d in self._daemons:
@@ -143,10 +148,12 @@ class LocalCluster:
                         self._launch(d)
             self._wait_ready(deadline)
         except BaseException as exc:
-            started = list(self._watch)
-            self._stop_daemons(started)
+            try:
+                self._stop_daemons(list(self._watch))
+            except ClusterError as stop_exc:
+                log.error("%s", stop_exc)
             self._watch = []
-            if built is None:
+            if building:
                 self._wipe()          # keep the logs, drop the half-built cluster
             if isinstance(exc, ClusterError):
                 raise
@@ -162,8 +169,14 @@ class LocalCluster:
     def stop(self) -> None:
         """Stop every daemon of this cluster (by pid: SIGTERM, wait, SIGKILL); idempotent."""
         # The OSD first, so that it can tell the mon it is going down.
-        self._stop_daemons([self._osd])
-        self._stop_daemons([self._mgr, self._mon])
+        errors = []
+        for group in ([self._osd], [self._mgr, self._mon]):
+            try:
+                self._stop_daemons(group)
+            except ClusterError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
     def ceph(self, *args: str, timeout: float = 30) -> str:
         """Run the ``ceph`` CLI against this cluster and return its stdout.
@@ -195,7 +208,11 @@ class LocalCluster:
     # ------------------------------------------------------------------ build
 
     def _build(self, deadline: float) -> None:
-        """Create keys, monmap, mon, mgr and OSD from nothing, launching each daemon."""
+        """Create keys, monmap, mon, mgr and OSD from nothing, launching each daemon.
+
+        The mkfs steps run with -f too: without it ceph-osd forks and its child outlives the
+        command we wait for (a zombie until init reaps it).
+        """
         t0 = time.monotonic()
         for sub in ("log", "run", "build", "crash", "mon", "mgr", "osd"):
             (self.directory / sub).mkdir(exist_ok=True)
@@ -216,7 +233,7 @@ class LocalCluster:
         self._tool(["monmaptool", "--create", "--clobber", "--addv", _MON_ID,
                     f"[v2:127.0.0.1:{p2},v1:127.0.0.1:{p1}]", "--fsid", fsid, str(monmap)],
                    deadline, conf_env=False)
-        self._tool(["ceph-mon", "--cluster", _CLUSTER, "--conf", str(self.conf_path), "--mkfs",
+        self._tool(["ceph-mon", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path), "--mkfs",
                     "-i", _MON_ID, "--monmap", str(monmap), "--keyring", str(mon_keyring)],
                    deadline, daemon=self._mon)
         self._launch(self._mon)
@@ -236,7 +253,7 @@ class LocalCluster:
         self._ceph(["auth", "get-or-create", self._osd.name, "mon", "allow profile osd",
                     "mgr", "allow profile osd", "osd", "allow *",
                     "-o", str(self._osd.data / "keyring")], timeout=self._left(deadline))
-        self._tool(["ceph-osd", "--cluster", _CLUSTER, "--conf", str(self.conf_path), "--mkfs",
+        self._tool(["ceph-osd", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path), "--mkfs",
                     "-i", _OSD_ID, "--osd-uuid", osd_uuid], deadline, daemon=self._osd)
         self._launch(self._osd)
         self._marker.write_text(json.dumps({"store": self.store, "fsid": fsid,
@@ -505,8 +522,8 @@ osd crush initial weight = 1
     def _run(self, cmd: list[str], timeout: float, *, daemon: _Daemon, watch: bool,
              conf_env: bool = True) -> str:
         """Run a command; while it runs, notice a launched daemon dying (rather than hang)."""
-        shown = " ".join(cmd[0:1] + [a for a in cmd[1:] if not a.startswith("/")][:6])
-        shown = _one_line(shown)
+        shown = _one_line(" ".join(os.path.basename(a) if a.startswith("/") else a
+                                   for a in cmd[:9]))
         if shutil.which(cmd[0]) is None:
             raise ClusterError(f"{cmd[0]} not found on PATH (install the ceph packages)")
         end = time.monotonic() + timeout

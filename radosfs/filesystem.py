@@ -18,14 +18,15 @@ class FileSystem:
         self.cache = PageCache(options.cache_size)
         self.table = InodeTable()
         self.mount_time = time.time()
-        self._indexes: dict[str, PoolIndex] = {}
+        self._indexes: dict[tuple[str, str | None], PoolIndex] = {}
         self.root = RootNode(self)
         self.table.add_root(self.root)
 
-    def pool_index(self, pool: str) -> PoolIndex:
-        idx = self._indexes.get(pool)
+    def pool_index(self, pool: str, snap: str | None = None) -> PoolIndex:
+        """Which directories a pool (or a pool snapshot) has; see nodes.PoolIndex."""
+        idx = self._indexes.get((pool, snap))
         if idx is None:
-            idx = self._indexes[pool] = PoolIndex()
+            idx = self._indexes[(pool, snap)] = PoolIndex()
         return idx
 
     def counters(self) -> dict:

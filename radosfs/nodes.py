@@ -22,7 +22,9 @@ import rados
 import trio
 
 from .errors import RadosFSError, errno_of
-from .objects import RadosObject, operate, stat_object
+from .object_backend import ObjectBackend
+from .objects import MAX_IO, operate, stat_object
+from .striped import INTERNAL_XATTRS, StripedData, piece_name, read_head, split_piece
 
 if TYPE_CHECKING:
     from .filesystem import FileSystem
@@ -227,27 +229,34 @@ class PoolIndex:
 class PoolDir(DirNode):
     """A directory of an object pool: the pool itself (prefix '') or a '/'-prefix in it."""
 
-    def __init__(self, fs: FileSystem, pool: str, prefix: str) -> None:
-        super().__init__(fs, ("pool", pool, prefix))
+    def __init__(self, fs: FileSystem, pool: str, prefix: str, snap: str | None = None,
+                 snap_ioctx: rados.Ioctx | None = None) -> None:
+        super().__init__(fs, ("pool", pool, prefix) if snap is None
+                         else ("snapdir", pool, snap, prefix))
         self.pool = pool
         self.prefix = prefix
+        self.snap = snap
+        self.read_only = snap is not None
+        self._snap_ioctx = snap_ioctx
 
     async def ioctx(self) -> rados.Ioctx:
-        return await self.fs.conn.ioctx(self.pool)
+        return self._snap_ioctx or await self.fs.conn.ioctx(self.pool)
 
     def child_key(self, name: str) -> str:
         return self.prefix + name
 
     def file_node(self, oid: str) -> ObjectFile:
-        return self.fs.table.get(("obj", self.pool, None, oid),
-                                 lambda: ObjectFile(self.fs, self.pool, oid))
+        return self.fs.table.get(("obj", self.pool, self.snap, oid),
+                                 lambda: ObjectFile(self.fs, self.pool, oid, self.snap,
+                                                    self._snap_ioctx))
 
     def dir_node(self, prefix: str) -> PoolDir:
-        return self.fs.table.get(("pool", self.pool, prefix),
-                                 lambda: PoolDir(self.fs, self.pool, prefix))
+        return self.fs.table.get(PoolDir(self.fs, self.pool, prefix, self.snap).key,
+                                 lambda: PoolDir(self.fs, self.pool, prefix, self.snap,
+                                                 self._snap_ioctx))
 
     async def index(self) -> PoolIndex:
-        idx = self.fs.pool_index(self.pool)
+        idx = self.fs.pool_index(self.pool, self.snap)
         async with idx.lock:
             if not idx.fresh():
                 io = await self.ioctx()
@@ -283,14 +292,22 @@ class PoolDir(DirNode):
                     raise
                 results[o] = None
 
+        head = piece_name(oid, 0)
         async with trio.open_nursery() as n:
-            n.start_soon(probe, oid)
-            n.start_soon(probe, oid + "/")
+            for o in (oid, oid + "/", head):
+                n.start_soon(probe, o)
         if results[oid] is not None:
             node = self.file_node(oid)
             node.remember(*results[oid])
             return node
-        cached = self.fs.cache.get(("obj", self.pool, None, oid))
+        if results[head] is not None:
+            layout = await read_head(bridge, io, oid)
+            if layout is not None:
+                node = self.file_node(oid)
+                node.remember(layout[1], results[head][1],
+                              StripedData(bridge, io, oid, *layout))
+                return node
+        cached = self.fs.cache.get(("obj", self.pool, self.snap, oid))
         if cached is not None and cached.dirty:
             return self.file_node(oid)
         if results[oid + "/"] is not None:
@@ -305,7 +322,7 @@ class PoolDir(DirNode):
         bridge = self.fs.bridge
         it = await bridge.run(io.list_objects)
         seen_dirs: set[str] = set()
-        idx = self.fs.pool_index(self.pool)
+        idx = self.fs.pool_index(self.pool, self.snap)
         all_dirs: set[str] = set()
         plen = len(self.prefix)
         while True:
@@ -313,6 +330,7 @@ class PoolDir(DirNode):
             if not chunk:
                 break
             files: list[str] = []
+            heads: list[str] = []
             dirs: list[str] = []
             for oid in chunk:
                 parts = oid.split("/")
@@ -325,31 +343,41 @@ class PoolDir(DirNode):
                               self.pool)
                     continue
                 rest = oid[plen:]
-                head, slash, _ = rest.partition("/")
+                first, slash, _ = rest.partition("/")
                 if slash:
-                    if head not in seen_dirs:
-                        seen_dirs.add(head)
-                        dirs.append(head)
-                else:
+                    if first not in seen_dirs:
+                        seen_dirs.add(first)
+                        dirs.append(first)
+                    continue
+                piece = split_piece(rest)
+                if piece is None:
                     files.append(rest)
+                elif piece[1] == 0:
+                    heads.append(rest)
+                # other pieces of a striped set are never shown on their own
             batch = []
-            for head in dirs:
-                node = self.dir_node(self.prefix + head + "/")
-                batch.append((head, node, await node.attributes()))
-            batch.extend(await self._stat_files(io, files))
+            for first in dirs:
+                node = self.dir_node(self.prefix + first + "/")
+                batch.append((first, node, await node.attributes()))
+            batch.extend(await self._stat_files(io, files, heads))
             if batch:
                 yield batch
         idx.dirs = all_dirs
         idx.stamp = time.monotonic()
 
-    async def _stat_files(self, io: rados.Ioctx, names: list[str]):
-        """Stat a batch of objects concurrently (not one by one): `ls -l` of a big pool."""
-        out: list = [None] * len(names)
+    async def _stat_files(self, io: rados.Ioctx, names: list[str], heads: list[str]):
+        """Stat a batch of objects concurrently (not one by one): `ls -l` of a big pool.
 
-        async def one(i: int, name: str) -> None:
+        `heads` are names like `x.0000000000000000`: shown as the striped file `x` when
+        they carry a striper layout, else as themselves.
+        """
+        out: list = [None] * (len(names) + len(heads))
+        bridge = self.fs.bridge
+
+        async def plain(i: int, name: str) -> None:
             node = self.file_node(self.prefix + name)
             try:
-                size, mtime = await stat_object(self.fs.bridge, io, node.oid)
+                size, mtime = await stat_object(bridge, io, node.oid)
             except RadosFSError as exc:
                 if exc.errno == errno.ENOENT:
                     return  # deleted after a snapshot, or just now: not listed
@@ -357,9 +385,28 @@ class PoolDir(DirNode):
             node.remember(size, mtime)
             out[i] = (name, node, await node.attributes_from(size, mtime))
 
+        async def striped(i: int, head_name: str) -> None:
+            base = split_piece(head_name)[0]  # type: ignore[index]
+            oid = self.prefix + base
+            layout = await read_head(bridge, io, oid)
+            if layout is None:
+                await plain(i, head_name)
+                return
+            try:
+                _, mtime = await stat_object(bridge, io, piece_name(oid, 0))
+            except RadosFSError as exc:
+                if exc.errno == errno.ENOENT:
+                    return
+                raise
+            node = self.file_node(oid)
+            node.remember(layout[1], mtime, StripedData(bridge, io, oid, *layout))
+            out[i] = (base, node, await node.attributes_from(layout[1], mtime))
+
         async with trio.open_nursery() as n:
             for i, name in enumerate(names):
-                n.start_soon(one, i, name)
+                n.start_soon(plain, i, name)
+            for i, name in enumerate(heads, len(names)):
+                n.start_soon(striped, i, name)
         return [x for x in out if x is not None]
 
     async def mkdir(self, name: str) -> Node:
@@ -421,9 +468,7 @@ class PoolDir(DirNode):
         node = await self.lookup(name)
         if node.is_dir:
             raise RadosFSError(errno.EISDIR, f"{self.pool}/{oid} is a directory")
-        await self.fs.cache.forget(node.backend_key)
-        io = await self.ioctx()
-        await self.fs.bridge.aio(lambda cb: io.aio_remove(oid, cb))
+        await node.remove()  # type: ignore[attr-defined]
         self.fs.table.drop(node.key)
 
 
@@ -433,19 +478,27 @@ def _create_object(io: rados.Ioctx, oid: str) -> None:
 
 
 class ObjectFile(FileNode):
-    """One RADOS object as a regular file."""
+    """A file of an object pool: one RADOS object, or a striped set past the threshold."""
 
-    def __init__(self, fs: FileSystem, pool: str, oid: str, snap: str | None = None) -> None:
+    def __init__(self, fs: FileSystem, pool: str, oid: str, snap: str | None = None,
+                 ioctx: rados.Ioctx | None = None) -> None:
         super().__init__(fs, ("obj", pool, snap, oid))
         self.pool = pool
         self.oid = oid
         self.snap = snap
         self.read_only = snap is not None
-        self._stored: tuple[int, float] | None = None
+        self._ioctx = ioctx
+        self._backend: ObjectBackend | None = None
+        self._striped: StripedData | None = None
 
-    def remember(self, size: int, mtime: float) -> None:
-        self._stored = (size, mtime)
+    def remember(self, size: int, mtime: float, striped: StripedData | None = None) -> None:
         self.mtime = mtime
+        if striped is not None and self._backend is None:
+            self._striped = striped
+
+    @property
+    def striped(self) -> bool:
+        return (self._backend.striped if self._backend else self._striped) is not None
 
     async def attributes_from(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
         cached = self.fs.cache.get(self.key)
@@ -453,81 +506,106 @@ class ObjectFile(FileNode):
             return self.file_attrs(cached.size, self.mtime or mtime)
         return self.file_attrs(size, mtime)
 
+    async def ioctx(self) -> rados.Ioctx:
+        return self._ioctx or await self.fs.conn.ioctx(self.pool)
+
+    async def backend(self) -> ObjectBackend:
+        if self._backend is None:
+            self._backend = ObjectBackend(self.fs.bridge, await self.ioctx(), self.pool,
+                                          self.oid, self.snap, self._striped)
+        return self._backend
+
     async def stored_attrs(self) -> tuple[int, float]:
-        io = await self.fs.conn.ioctx(self.pool)
-        size, mtime = await stat_object(self.fs.bridge, io, self.oid)
-        self.remember(size, mtime)
+        backend = await self.backend()
+        try:
+            size, mtime = await backend.stat()
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT or backend.striped is not None:
+                raise
+            # Converted to the striped layout (by another client) since we looked.
+            head = await read_head(self.fs.bridge, backend.ioctx, self.oid)
+            if head is None:
+                raise
+            backend.striped = StripedData(self.fs.bridge, backend.ioctx, self.oid, *head)
+            size, mtime = await backend.stat()
+        self.mtime = mtime
         return size, mtime
 
-    async def backend(self) -> RadosObject:
-        io = await self.fs.conn.ioctx(self.pool)
-        return RadosObject(self.fs.bridge, io, self.pool, self.oid, self.snap)
-
-    async def ioctx(self) -> rados.Ioctx:
-        return await self.fs.conn.ioctx(self.pool)
+    async def _head(self) -> tuple[rados.Ioctx, str]:
+        backend = await self.backend()
+        return backend.ioctx, backend.head_oid
 
     async def get_xattr(self, key: str) -> bytes:
-        io = await self.ioctx()
+        if self.striped and key in INTERNAL_XATTRS:
+            raise RadosFSError(errno.ENODATA, f"no xattr {key}")
+        io, oid = await self._head()
         try:
-            return await self.fs.bridge.run(io.get_xattr, self.oid, key)
+            return await self.fs.bridge.run(io.get_xattr, oid, key)
         except rados.Error as exc:
             if errno_of(exc) in (errno.ENODATA, errno.ENOENT):
                 raise RadosFSError(errno.ENODATA, f"no xattr {key}") from None
             raise
 
-
     async def list_xattrs(self) -> list[str]:
-        io = await self.ioctx()
-        return sorted((await _object_xattrs(self.fs, io, self.oid)).keys())
-
+        io, oid = await self._head()
+        names = (await _object_xattrs(self.fs, io, oid)).keys()
+        hidden = INTERNAL_XATTRS if self.striped else ()
+        return sorted(n for n in names if n not in hidden)
 
     async def set_xattr(self, key: str, value: bytes) -> None:
-        io = await self.ioctx()
-        await self.fs.bridge.run(io.set_xattr, self.oid, key, value)
-
+        if self.striped and key in INTERNAL_XATTRS:
+            raise RadosFSError(errno.EPERM, f"{key} belongs to the striper layout")
+        io, oid = await self._head()
+        await self.fs.bridge.run(io.set_xattr, oid, key, value)
 
     async def remove_xattr(self, key: str) -> None:
-        io = await self.ioctx()
-        names = await self.list_xattrs()
-        if key not in names:
+        if key not in await self.list_xattrs():
             raise RadosFSError(errno.ENODATA, f"no xattr {key}")
-        await self.fs.bridge.run(io.rm_xattr, self.oid, key)
-
+        io, oid = await self._head()
+        await self.fs.bridge.run(io.rm_xattr, oid, key)
 
     async def set_mtime(self, mtime: float) -> None:
-        io = await self.ioctx()
-
+        io, oid = await self._head()
         # A write op that changes no data but carries the mtime we want stored.
-        await self.fs.bridge.run(operate, io, self.oid, lambda op: op.write(b"", 0), mtime)
+        await self.fs.bridge.run(operate, io, oid, lambda op: op.write(b"", 0), mtime)
         self.mtime = float(int(mtime))
 
+    async def remove(self) -> None:
+        await self.fs.cache.forget(self.key)
+        await (await self.backend()).remove()
 
-    async def rename_to(self, new_oid: str) -> None:
-        """RADOS has no rename: copy data and xattrs to the new name, then remove the old one."""
-        from .objects import MAX_IO, read_object, write_object
-        io = await self.ioctx()
-        bridge = self.fs.bridge
-        size, mtime = await stat_object(bridge, io, self.oid)
-        xattrs = await _object_xattrs(self.fs, io, self.oid)
-        first = await read_object(bridge, io, self.oid, 0, min(size, MAX_IO))
-        # write_full replaces whatever the target held (rename over an existing file).
-        await bridge.aio(lambda cb: io.aio_write_full(new_oid, first, cb), len(first))
-        pos = len(first)
+    async def rename_to(self, target: ObjectFile) -> None:
+        """RADOS has no rename: copy data, xattrs and mtime to the target, then remove us.
+
+        Not atomic: a crash in between leaves both names (never neither).
+        """
+        src = await self.backend()
+        size, mtime = await src.stat()
+        xattrs = {k: await self.get_xattr(k) for k in await self.list_xattrs()}
+        try:
+            await target.remove()
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        target._backend = None
+        target._striped = None
+        dst = await target.backend()
+        io = dst.ioctx
+        await self.fs.bridge.run(operate, io, target.oid, lambda op: op.new(
+            rados.LIBRADOS_CREATE_EXCLUSIVE))
+        pos = 0
         while pos < size:
-            chunk = await read_object(bridge, io, self.oid, pos, min(size - pos, MAX_IO))
-            await write_object(bridge, io, new_oid, pos, chunk)
+            chunk = await src.read(pos, min(size - pos, MAX_IO))
+            if not chunk:
+                break
+            await dst.write(pos, chunk)
             pos += len(chunk)
-        old = await _object_xattrs(self.fs, io, new_oid)
-
-        def copy_meta(op: rados.WriteOp) -> None:
-            for k in old:
-                if k not in xattrs:
-                    op.rm_xattr(k)
-            for k, v in xattrs.items():
-                op.set_xattr(k, v)
-
-        await bridge.run(operate, io, new_oid, copy_meta, mtime)
-        await bridge.aio(lambda cb: io.aio_remove(self.oid, cb))
+        if pos < size:
+            await dst.truncate(size)
+        for k, v in xattrs.items():
+            await target.set_xattr(k, v)
+        await target.set_mtime(mtime)
+        await src.remove()
 
 
 async def _object_xattrs(fs: FileSystem, io: rados.Ioctx, oid: str) -> dict[str, bytes]:

@@ -61,43 +61,6 @@ async def write_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: in
             break
 
 
-class RadosObject:
-    """A plain RADOS object (at HEAD, or at a pool snapshot when `ioctx` reads one)."""
-
-    def __init__(self, bridge: Bridge, ioctx: rados.Ioctx, pool: str, name: str,
-                 snap: str | None = None) -> None:
-        self.bridge = bridge
-        self.ioctx = ioctx
-        self.name = name
-        self.key: Hashable = ("obj", pool, snap, name)
-        self.read_only = snap is not None
-        self.write_unit = MAX_IO
-
-    async def stat(self) -> tuple[int, float]:
-        return await stat_object(self.bridge, self.ioctx, self.name)
-
-    async def size(self) -> int:
-        return (await self.stat())[0]
-
-    async def read(self, offset: int, length: int) -> bytes:
-        return await read_object(self.bridge, self.ioctx, self.name, offset, length)
-
-    async def write(self, offset: int, data: bytes) -> None:
-        await write_object(self.bridge, self.ioctx, self.name, offset, data)
-
-    async def truncate(self, size: int) -> None:
-        if size > OSD_MAX_OBJECT_SIZE:
-            raise RadosFSError(errno.EFBIG, f"{self.name}: past osd_max_object_size")
-        await self.bridge.run(self.ioctx.trunc, self.name, size)
-
-    async def flush(self) -> None:
-        # A librados write is acknowledged only once it is durable on the OSDs.
-        return None
-
-    async def version(self) -> Hashable:
-        return await self.stat()
-
-
 def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> None:
     """Run one compound write op (blocking; call through Bridge.run).
 

@@ -282,16 +282,17 @@ class Operations(pyfuse3.Operations):
         if f is not None and f.dirty:
             await self.fs.cache.flush(f)
         new_oid = new_parent.child_key(new_name)
-        if target is not None:
-            await self.fs.cache.forget(target.backend_key)
-        await node.rename_to(new_oid)
+        dst = target if target is not None else new_parent.file_node(new_oid)
+        assert isinstance(dst, ObjectFile)
+        old_key = node.key
+        await node.rename_to(dst)
+        await self.fs.cache.forget(old_key)
         self.fs.pool_index(new_parent.pool).add_path(new_oid)
-        if target is not None:
-            self.fs.table.drop(target.key)
-        old_backend_key = node.backend_key
-        self.fs.table.rekey(node, ("obj", node.pool, None, new_oid))
+        # The moved inode is the file at the new name from now on.
+        self.fs.table.drop(dst.key)
+        self.fs.table.rekey(node, dst.key)
         node.oid = new_oid
-        self.fs.cache.rekey(old_backend_key, await node.backend())
+        node._backend, node._striped = dst._backend, dst._striped
 
     # ---- files -----------------------------------------------------------------------
 

@@ -1,0 +1,130 @@
+"""An object-pool file as a cache backend: one plain RADOS object, or -- once it grows past
+`STRIPE_THRESHOLD` -- a striped set in the libradosstriper layout.
+
+The switch happens inside the backend while the file is in use, so the page cache and the
+node above never see it. Plain I/O that is already under way finishes before the data is
+moved, and I/O that arrives meanwhile waits and then goes to the striped set.
+"""
+from __future__ import annotations
+
+import errno
+from typing import Hashable
+
+import rados
+import trio
+
+from .bridge import Bridge
+from .errors import RadosFSError
+from .objects import MAX_IO, read_object, stat_object, write_object
+from .striped import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped
+
+
+class ObjectBackend:
+    """A file of an object pool (at HEAD, or at a pool snapshot when `snap` is set)."""
+
+    def __init__(self, bridge: Bridge, ioctx: rados.Ioctx, pool: str, name: str,
+                 snap: str | None = None, striped: StripedData | None = None) -> None:
+        self.bridge = bridge
+        self.ioctx = ioctx
+        self.name = name
+        self.key: Hashable = ("obj", pool, snap, name)
+        self.read_only = snap is not None
+        self.striped = striped
+        self._plain_ops = 0
+        self._drained = trio.Event()
+        self._convert_lock = trio.Lock()
+        self._converting = False
+
+    @property
+    def write_unit(self) -> int:
+        return self.striped.layout.stripe_unit if self.striped else MAX_IO
+
+    @property
+    def head_oid(self) -> str:
+        """The object that carries mtime and xattrs (piece 0 of a striped set)."""
+        return self.striped.head if self.striped else self.name
+
+    # ---- plain-object I/O that a conversion must wait for ----------------------------
+
+    async def _plain(self, fn, *args):
+        while self._converting:
+            await self._convert_lock.acquire()
+            self._convert_lock.release()
+        if self.striped is not None:
+            return None, False
+        self._plain_ops += 1
+        try:
+            return await fn(self.bridge, self.ioctx, self.name, *args), True
+        finally:
+            self._plain_ops -= 1
+            if self._plain_ops == 0:
+                self._drained.set()
+
+    async def _to_striped(self) -> None:
+        async with self._convert_lock:
+            if self.striped is not None:
+                return
+            self._converting = True
+            try:
+                while self._plain_ops:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+                size, _ = await stat_object(self.bridge, self.ioctx, self.name)
+                self.striped = await convert_to_striped(self.bridge, self.ioctx, self.name,
+                                                        size, Layout())
+            finally:
+                self._converting = False
+
+    # ---- the Backend protocol --------------------------------------------------------
+
+    async def stat(self) -> tuple[int, float]:
+        if self.striped is not None:
+            return await self.striped.stat()
+        res, done = await self._plain(stat_object)
+        return res if done else await self.striped.stat()  # type: ignore[union-attr]
+
+    async def size(self) -> int:
+        return (await self.stat())[0]
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self.striped is None:
+            res, done = await self._plain(read_object, offset, length)
+            if done:
+                return res
+        return await self.striped.read(offset, length)  # type: ignore[union-attr]
+
+    async def write(self, offset: int, data: bytes) -> None:
+        if self.read_only:
+            raise RadosFSError(errno.EROFS, "snapshot")
+        if self.striped is None and offset + len(data) > STRIPE_THRESHOLD:
+            await self._to_striped()
+        if self.striped is None:
+            _, done = await self._plain(write_object, offset, data)
+            if done:
+                return
+        await self.striped.write(offset, data)  # type: ignore[union-attr]
+
+    async def truncate(self, size: int) -> None:
+        if self.striped is None and size > STRIPE_THRESHOLD:
+            await self._to_striped()
+        if self.striped is None:
+            async def trunc(bridge, io, name, n):
+                await bridge.run(io.trunc, name, n)
+            _, done = await self._plain(trunc, size)
+            if done:
+                return
+        await self.striped.truncate(size)  # type: ignore[union-attr]
+
+    async def flush(self) -> None:
+        # A librados write is acknowledged only once it is durable on the OSDs.
+        return None
+
+    async def version(self) -> tuple[int, Hashable]:
+        size, mtime = await self.stat()
+        return size, (mtime, size, self.striped is not None)
+
+    async def remove(self) -> None:
+        if self.striped is not None:
+            await self.striped.remove()
+        else:
+            await self.bridge.aio(lambda cb: self.ioctx.aio_remove(self.name, cb))

@@ -1,0 +1,270 @@
+"""Files of any size, in the libradosstriper layout.
+
+RADOS refuses objects past `osd_max_object_size` (128 MiB). A file that grows past
+`STRIPE_THRESHOLD` is stored the way libradosstriper stores it, so `rados --striper get`
+reads what the mount wrote and `rados --striper put` files show up as one file:
+
+* pieces named `<name>.%016x` (piece 0, 1, ...);
+* on piece 0 the layout and size as ASCII decimal xattrs: `striper.layout.stripe_unit`,
+  `striper.layout.stripe_count`, `striper.layout.object_size`, `striper.size`;
+* a missing or short piece reads as zeros; reads stop at `striper.size`.
+
+radosfs does not take libradosstriper's `striper.lock` (a cls lock): do not write one
+striped file through the mount and with `rados --striper` at the same time.
+"""
+from __future__ import annotations
+
+import errno
+import re
+from dataclasses import dataclass
+
+import rados
+import trio
+
+from .bridge import Bridge
+from .errors import RadosFSError, errno_of
+from .objects import read_object, stat_object, write_object
+
+STRIPE_THRESHOLD = 64 << 20
+PIECE_RE = re.compile(r"^(.+)\.([0-9a-f]{16})$")
+XATTR_SU = "striper.layout.stripe_unit"
+XATTR_SC = "striper.layout.stripe_count"
+XATTR_OS = "striper.layout.object_size"
+XATTR_SIZE = "striper.size"
+INTERNAL_XATTRS = (XATTR_SU, XATTR_SC, XATTR_OS, XATTR_SIZE, "lock.striper.lock")
+
+
+def piece_name(name: str, objectno: int) -> str:
+    return f"{name}.{objectno:016x}"
+
+
+def split_piece(oid: str) -> tuple[str, int] | None:
+    """('name', n) for a piece name `name.%016x`, else None."""
+    m = PIECE_RE.match(oid)
+    return (m.group(1), int(m.group(2), 16)) if m else None
+
+
+@dataclass(frozen=True)
+class Layout:
+    stripe_unit: int = 4 << 20
+    stripe_count: int = 1
+    object_size: int = 4 << 20
+
+    def __post_init__(self) -> None:
+        su, sc, os_ = self.stripe_unit, self.stripe_count, self.object_size
+        if su <= 0 or sc <= 0 or os_ <= 0 or os_ % su:
+            raise RadosFSError(errno.EINVAL, f"bad striper layout su={su} sc={sc} os={os_}")
+
+    @property
+    def units_per_object(self) -> int:
+        return self.object_size // self.stripe_unit
+
+    def extents(self, offset: int, length: int) -> list[tuple[int, int, int, int]]:
+        """Map a file range to (objectno, object offset, length, file offset) pieces."""
+        su, sc = self.stripe_unit, self.stripe_count
+        out = []
+        end = offset + length
+        pos = offset
+        while pos < end:
+            blockno, in_block = divmod(pos, su)
+            stripeno, stripepos = divmod(blockno, sc)
+            objectsetno, unit_in_object = divmod(stripeno, self.units_per_object)
+            objectno = objectsetno * sc + stripepos
+            n = min(end - pos, su - in_block)
+            obj_off = unit_in_object * su + in_block
+            if out and out[-1][0] == objectno and out[-1][1] + out[-1][2] == obj_off:
+                o, oo, ol, fo = out[-1]
+                out[-1] = (o, oo, ol + n, fo)
+            else:
+                out.append((objectno, obj_off, n, pos))
+            pos += n
+        return out
+
+    def object_count(self, size: int) -> int:
+        """How many pieces a file of `size` bytes spans (highest objectno + 1)."""
+        if size <= 0:
+            return 1
+        return max(e[0] for e in self.extents(size - 1, 1)) + 1
+
+    def object_length(self, objectno: int, size: int) -> int:
+        """Length of piece `objectno` in a file of `size` bytes (0 if none of it)."""
+        su, sc = self.stripe_unit, self.stripe_count
+        objectsetno, stripepos = divmod(objectno, sc)
+        set_start = objectsetno * self.object_size * sc
+        length = 0
+        for u in range(self.units_per_object):
+            file_off = set_start + (u * sc + stripepos) * su
+            if file_off >= size:
+                break
+            length = u * su + min(su, size - file_off)
+        return length
+
+    def xattrs(self) -> dict[str, bytes]:
+        return {XATTR_SU: str(self.stripe_unit).encode(),
+                XATTR_SC: str(self.stripe_count).encode(),
+                XATTR_OS: str(self.object_size).encode()}
+
+
+def parse_layout(xattrs: dict[str, bytes]) -> tuple[Layout, int] | None:
+    """(layout, size) from piece 0's xattrs, or None if it is not a striper head."""
+    try:
+        layout = Layout(int(xattrs[XATTR_SU]), int(xattrs[XATTR_SC]), int(xattrs[XATTR_OS]))
+        return layout, int(xattrs[XATTR_SIZE])
+    except (KeyError, ValueError):
+        return None
+    except RadosFSError:
+        return None
+
+
+async def read_head(bridge: Bridge, io: rados.Ioctx, name: str) -> tuple[Layout, int] | None:
+    """The layout and size of striped file `name`, or None if there is none."""
+    def get() -> dict[str, bytes] | None:
+        try:
+            return dict(io.get_xattrs(piece_name(name, 0)))
+        except rados.ObjectNotFound:
+            return None
+    xattrs = await bridge.run(get)
+    return parse_layout(xattrs) if xattrs is not None else None
+
+
+class StripedData:
+    """Data I/O on a striped set; the size is kept in piece 0's `striper.size`."""
+
+    def __init__(self, bridge: Bridge, io: rados.Ioctx, name: str, layout: Layout,
+                 size: int) -> None:
+        self.bridge = bridge
+        self.io = io
+        self.name = name
+        self.layout = layout
+        self.stored_size = size
+        self._size_lock = trio.Lock()
+
+    @property
+    def head(self) -> str:
+        return piece_name(self.name, 0)
+
+    @classmethod
+    async def create(cls, bridge: Bridge, io: rados.Ioctx, name: str, layout: Layout,
+                     extra_xattrs: dict[str, bytes] | None = None) -> StripedData:
+        from .objects import operate
+        attrs = dict(extra_xattrs or {}, **layout.xattrs(), **{XATTR_SIZE: b"0"})
+
+        def build(op: rados.WriteOp) -> None:
+            op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+            for k, v in attrs.items():
+                op.set_xattr(k, v)
+
+        await bridge.run(operate, io, piece_name(name, 0), build)
+        return cls(bridge, io, name, layout, 0)
+
+    async def size(self) -> int:
+        head = await read_head(self.bridge, self.io, self.name)
+        if head is None:
+            raise RadosFSError(errno.ENOENT, f"striped file {self.name} has no piece 0")
+        self.stored_size = head[1]
+        return head[1]
+
+    async def stat(self) -> tuple[int, float]:
+        size = await self.size()
+        _, mtime = await stat_object(self.bridge, self.io, self.head)
+        return size, mtime
+
+    async def read(self, offset: int, length: int) -> bytes:
+        length = max(0, min(length, self.stored_size - offset))
+        if length == 0:
+            return b""
+        out = bytearray(length)
+
+        async def one(objectno: int, obj_off: int, n: int, file_off: int) -> None:
+            try:
+                data = await read_object(self.bridge, self.io, piece_name(self.name, objectno),
+                                         obj_off, n)
+            except RadosFSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                return  # a missing piece reads as zeros
+            at = file_off - offset
+            out[at:at + len(data)] = data
+
+        async with trio.open_nursery() as nursery:
+            for ext in self.layout.extents(offset, length):
+                nursery.start_soon(one, *ext)
+        return bytes(out)
+
+    async def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+
+        async def one(objectno: int, obj_off: int, n: int, file_off: int) -> None:
+            at = file_off - offset
+            await write_object(self.bridge, self.io, piece_name(self.name, objectno),
+                               obj_off, bytes(view[at:at + n]))
+
+        async with trio.open_nursery() as nursery:
+            for ext in self.layout.extents(offset, len(data)):
+                nursery.start_soon(one, *ext)
+        await self.set_size(max(self.stored_size, offset + len(data)), grow_only=True)
+
+    async def set_size(self, size: int, grow_only: bool = False) -> None:
+        """Store `striper.size`; updates are serialized so a smaller one never lands last."""
+        async with self._size_lock:
+            if grow_only and size <= self.stored_size:
+                return
+            await self.bridge.aio(lambda cb: self.io.aio_setxattr(
+                self.head, XATTR_SIZE, str(size).encode(), cb))
+            self.stored_size = size
+
+    async def truncate(self, size: int) -> None:
+        old = max(self.stored_size, await self.size())
+        if size < old:
+            for objectno in range(self.layout.object_count(old) - 1, -1, -1):
+                keep = self.layout.object_length(objectno, size)
+                oid = piece_name(self.name, objectno)
+                if keep == 0 and objectno > 0:
+                    await self._remove_piece(oid)
+                elif keep < self.layout.object_length(objectno, old):
+                    try:
+                        await self.bridge.run(self.io.trunc, oid, keep)
+                    except rados.ObjectNotFound:
+                        pass
+        await self.set_size(size)
+
+    async def _remove_piece(self, oid: str) -> None:
+        try:
+            await self.bridge.aio(lambda cb: self.io.aio_remove(oid, cb))
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+    async def remove(self) -> None:
+        """Remove every piece, piece 0 last (as libradosstriper does)."""
+        size = max(self.stored_size, await self.size())
+        for objectno in range(self.layout.object_count(size) - 1, 0, -1):
+            await self._remove_piece(piece_name(self.name, objectno))
+        await self._remove_piece(self.head)
+
+
+async def convert_to_striped(bridge: Bridge, io: rados.Ioctx, name: str, size: int,
+                             layout: Layout = Layout()) -> StripedData:
+    """Move a plain object into the striper layout (the plain object is removed)."""
+    def user_xattrs() -> dict[str, bytes]:
+        try:
+            return dict(io.get_xattrs(name))
+        except rados.ObjectNotFound:
+            return {}
+    xattrs = await bridge.run(user_xattrs)
+    striped = await StripedData.create(bridge, io, name, layout, xattrs)
+    pos = 0
+    step = layout.object_size
+    while pos < size:
+        chunk = await read_object(bridge, io, name, pos, min(step, size - pos))
+        if not chunk:
+            break
+        await striped.write(pos, chunk)
+        pos += len(chunk)
+    await striped.set_size(size)
+    try:
+        await bridge.aio(lambda cb: io.aio_remove(name, cb))
+    except RadosFSError as exc:
+        if errno_of(exc) != errno.ENOENT:
+            raise
+    return striped
