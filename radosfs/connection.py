@@ -88,6 +88,21 @@ class Connection:
             io = self._ioctx.setdefault(pool, io)
         return io
 
+    async def snap_ioctx(self, pool: str, snap: str, snap_id: int) -> rados.Ioctx:
+        """An ioctx that reads at a pool snapshot (read position is per-ioctx state)."""
+        key = f"{pool}@{snap}"
+        io = self._ioctx.get(key)
+        if io is None:
+            io = await self.bridge.run(self.handle.open_ioctx, pool)
+            io.set_read(snap_id)
+            io = self._ioctx.setdefault(key, io)
+        return io
+
+    def forget_snap(self, pool: str, snap: str) -> None:
+        io = self._ioctx.pop(f"{pool}@{snap}", None)
+        if io is not None:
+            io.close()
+
     def forget_pool(self, pool: str) -> None:
         io = self._ioctx.pop(pool, None)
         if io is not None:

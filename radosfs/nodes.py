@@ -278,6 +278,10 @@ class PoolDir(DirNode):
 
     async def lookup(self, name: str) -> Node:
         check_component(name)
+        if name == SNAPDIR and not self.prefix and self.snap is None:
+            from .snapshots import PoolSnapRoot
+            return self.fs.table.get(("snaproot", self.pool),
+                                     lambda: PoolSnapRoot(self.fs, self.pool))
         oid = self.child_key(name)
         check_object_name(oid + "/")
         io = await self.ioctx()
@@ -343,6 +347,8 @@ class PoolDir(DirNode):
                               self.pool)
                     continue
                 rest = oid[plen:]
+                if rest == SNAPDIR and not plen:
+                    continue  # hidden behind the snapshot directory
                 first, slash, _ = rest.partition("/")
                 if slash:
                     if first not in seen_dirs:

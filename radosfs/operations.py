@@ -256,6 +256,9 @@ class Operations(pyfuse3.Operations):
         new_parent = self._dir(parent_inode_new)
         self._writable(old_parent)
         self._writable(new_parent)
+        if getattr(old_parent, "is_snap_root", False) or getattr(new_parent, "is_snap_root",
+                                                                 False):
+            raise RadosFSError(errno.EROFS, "snapshots cannot be renamed")
         if flags & pyfuse3.RENAME_EXCHANGE:
             raise RadosFSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         old_name, new_name = _name(name_old), _name(name_new)
@@ -381,6 +384,9 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
         node = self.fs.table.node(inode)
+        virtual = getattr(node, "virtual_xattrs", None)
+        if virtual and name.decode("utf-8", "replace") in virtual:
+            return virtual[name.decode()]
         key = self._xattr_name(name)
         if key is None:
             # security.capability etc.: asked on every write; answer without a round trip.

@@ -1,0 +1,147 @@
+"""`.snap` in every pool directory, CephFS-style.
+
+`.snap` is not listed by readdir (so `cp -r`, `rsync` and `find` don't walk into every
+snapshot) but is reachable by name. `mkdir .snap/NAME` takes a snapshot, `rmdir` removes
+it; everything under a snapshot is read-only (EROFS).
+
+* object pool: `.snap/NAME/` is the whole pool at RADOS pool snapshot NAME;
+* image pool: `.snap/NAME/` lists every image that has a snapshot NAME (see images.py).
+
+Before a snapshot is taken, every dirty page of that pool is written back, so the
+snapshot holds everything written through the mount before `mkdir` was called.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from typing import TYPE_CHECKING
+
+import rados
+
+from .errors import RadosFSError, errno_of
+from .nodes import DirNode, Node, PoolDir
+
+if TYPE_CHECKING:
+    from .filesystem import FileSystem
+
+log = logging.getLogger(__name__)
+
+BTIME_XATTR = "ceph.snap.btime"
+
+
+def check_snap_name(name: str) -> None:
+    """CephFS's rule: no empty names and none starting with '_' (EINVAL)."""
+    if not name or name.startswith("_"):
+        raise RadosFSError(errno.EINVAL, f"bad snapshot name {name!r}: empty or starts "
+                                         f"with '_'")
+    if "/" in name or name in (".", ".."):
+        raise RadosFSError(errno.EINVAL, f"bad snapshot name {name!r}")
+
+
+def btime(ts) -> bytes:
+    """`ceph.snap.btime` as CephFS gives it: "secs.nsecs" (Samba's snapshot module)."""
+    secs = ts.timestamp()
+    whole = int(secs)
+    return f"{whole}.{int(round((secs - whole) * 1e9)):09d}".encode()
+
+
+async def pool_is_selfmanaged(fs: FileSystem, pool: str) -> bool:
+    """Whether a pool uses self-managed (RBD) snapshots, so pool snapshots are refused."""
+    import json
+    out = await fs.conn.mon_command({"prefix": "osd dump", "format": "json"})
+    for p in json.loads(out).get("pools", []):
+        if p.get("pool_name") == pool:
+            return "selfmanaged_snaps" in p.get("flags_names", "")
+    return False
+
+
+class PoolSnapRoot(DirNode):
+    """`.snap` of an object pool: one directory per RADOS pool snapshot."""
+    is_snap_root = True
+
+    def __init__(self, fs: FileSystem, pool: str) -> None:
+        super().__init__(fs, ("snaproot", pool))
+        self.pool = pool
+
+    async def _snaps(self) -> list:
+        io = await self.fs.conn.ioctx(self.pool)
+        return await self.fs.bridge.run(lambda: list(io.list_snaps()))
+
+    def _snap_node(self, snap) -> PoolSnapshot:
+        return self.fs.table.get(("snapdir", self.pool, snap.name, ""),
+                                 lambda: PoolSnapshot(self.fs, self.pool, snap))
+
+    async def lookup(self, name: str) -> Node:
+        for snap in await self._snaps():
+            if snap.name == name:
+                node = self._snap_node(snap)
+                await node.open_ioctx()
+                return node
+        raise RadosFSError(errno.ENOENT, f"no snapshot {name} of pool {self.pool}")
+
+    async def entries(self):
+        batch = []
+        for snap in await self._snaps():
+            node = self._snap_node(snap)
+            batch.append((snap.name, node, await node.attributes()))
+        yield batch
+
+    async def mkdir(self, name: str) -> Node:
+        check_snap_name(name)
+        io = await self.fs.conn.ioctx(self.pool)
+        if any(s.name == name for s in await self._snaps()):
+            raise RadosFSError(errno.EEXIST, f"snapshot {name} of pool {self.pool} exists")
+        # Everything written through the mount before mkdir belongs in the snapshot.
+        await self.fs.cache.flush_where(lambda key: key[0] == "obj" and key[1] == self.pool
+                                        and key[2] is None)
+        try:
+            await self.fs.bridge.run(io.create_snap, name)
+        except rados.Error as exc:
+            if errno_of(exc) == errno.EINVAL and await pool_is_selfmanaged(self.fs, self.pool):
+                raise RadosFSError(errno.EINVAL, f"pool {self.pool} uses self-managed (RBD) "
+                                   f"snapshots; the cluster refuses pool snapshots in it")
+            raise
+        log.info("took pool snapshot %s of %s", name, self.pool)
+        return await self.lookup(name)
+
+    async def rmdir(self, name: str) -> None:
+        io = await self.fs.conn.ioctx(self.pool)
+        await self.lookup(name)
+        await self.fs.bridge.run(io.remove_snap, name)
+        self.fs.table.drop_prefix(("snapdir", self.pool, name))
+        self.fs.conn.forget_snap(self.pool, name)
+        log.info("removed pool snapshot %s of %s", name, self.pool)
+
+    async def create(self, name: str) -> Node:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+    async def unlink(self, name: str) -> None:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+
+class PoolSnapshot(PoolDir):
+    """The root of one pool snapshot: the pool as it was, read-only."""
+
+    def __init__(self, fs: FileSystem, pool: str, snap) -> None:
+        super().__init__(fs, pool, "", snap.name, None)
+        self.snap_id = snap.snap_id
+        self.stamp = snap.get_timestamp()
+        self.virtual_xattrs = {BTIME_XATTR: btime(self.stamp)}
+
+    async def open_ioctx(self) -> rados.Ioctx:
+        if self._snap_ioctx is None:
+            self._snap_ioctx = await self.fs.conn.snap_ioctx(self.pool, self.snap, self.snap_id)
+        return self._snap_ioctx
+
+    async def ioctx(self) -> rados.Ioctx:
+        return await self.open_ioctx()
+
+    async def attributes(self):
+        a = await super().attributes()
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(self.stamp.timestamp() * 1e9)
+        return a
+
+    async def mkdir(self, name: str) -> Node:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+    rmdir = create = unlink = mkdir  # type: ignore[assignment]
