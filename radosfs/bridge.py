@@ -15,6 +15,7 @@ our own, lower bound on operations and bytes in flight so that never happens.
 """
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any, Callable, TypeVar
 
@@ -113,6 +114,7 @@ class Bridge:
         await done.wait()
         rv, rest = box[0]
         if isinstance(rv, int) and rv < 0:
-            self.stats["errors"] += 1
+            if rv != -errno.ENOENT:  # lookups of names that don't exist are normal
+                self.stats["errors"] += 1
             raise RadosFSError(-rv, f"librados returned {-rv}")
         return rest

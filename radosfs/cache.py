@@ -96,7 +96,12 @@ class PageCache:
         self.lru: OrderedDict[tuple[Hashable, int], None] = OrderedDict()
         self.total_bytes = 0
         self.dirty_bytes = 0
-        self.dirty_changed = trio.Event()
+        # Bytes copied out of dirty pages and not yet acknowledged. Bounded, so that a fast
+        # writer cannot pile up write-back copies faster than the cluster takes them.
+        self.transit_bytes = 0
+        self.max_transit = min(64 << 20, max(8 << 20, self.budget // 4))
+        # Woken whenever write-back makes progress (writers and flushers wait here).
+        self.progress = trio.lowlevel.ParkingLot()
         self.nursery: trio.Nursery | None = None
         self.stats = {"hits": 0, "misses": 0, "bytes_read": 0, "bytes_written": 0,
                       "writes": 0, "reads": 0, "prefetched_pages": 0, "evicted_pages": 0,
@@ -297,7 +302,7 @@ class PageCache:
             self._put(f, idx, page, start, view[pos:pos + n])
             pos += n
         f.size = max(f.size, offset + n_total)
-        self.dirty_changed.set()
+        self.progress.unpark_all()
         self._evict()
         self._start_writeback(f, full_only=True)
         if self.dirty_bytes > self.dirty_limit:
@@ -329,8 +334,7 @@ class PageCache:
             for other in list(self.files.values()):
                 if other.dirty_pages:
                     self._start_writeback(other, full_only=False)
-            self.dirty_changed = trio.Event()
-            await self.dirty_changed.wait()
+            await self.progress.park()
 
     def _runs(self, f: CachedFile, full_only: bool) -> list[tuple[int, list[int]]]:
         """Contiguous dirty byte runs, cut at the backend's write-unit boundaries.
@@ -368,7 +372,10 @@ class PageCache:
         if self.nursery is None or not f.dirty_pages:
             return
         for offset, idxs in self._runs(f, full_only):
+            if self.transit_bytes >= self.max_transit:
+                break  # the rest goes when a write in flight is answered
             data = self._take_run(f, idxs)
+            self.transit_bytes += len(data)
             self.nursery.start_soon(self._write_run, f, offset, idxs, data)
 
     def _take_run(self, f: CachedFile, idxs: list[int]) -> bytes:
@@ -400,6 +407,7 @@ class PageCache:
                 f.error = err
             self._redirty(f, offset, idxs, data)
         finally:
+            self.transit_bytes -= len(data)
             for idx in idxs:
                 page = f.pages.get(idx)
                 if page is not None:
@@ -407,9 +415,12 @@ class PageCache:
                     if not page.pins and not page.dirty and page.valid:
                         self.lru[(f.key, idx)] = None
             f.in_transit -= 1
+            # Keep the pipe full: start what waited for room (full runs only; flush and
+            # back-pressure ask for the rest themselves).
+            self._start_writeback(f, full_only=True)
             if f.in_transit == 0:
                 f.idle.set()
-            self.dirty_changed.set()
+            self.progress.unpark_all()
             self._evict()
 
     def _redirty(self, f: CachedFile, offset: int, idxs: list[int], data: bytes) -> None:
@@ -431,14 +442,14 @@ class PageCache:
         Raises the errno of a failed write-back (once), after which the data stays dirty
         and the next flush tries again.
         """
-        for _ in range(3):
+        while True:
             self._start_writeback(f, full_only=False)
             await f.idle.wait()
             if not f.dirty_pages or f.error is not None:
                 break
-        if f.error is None and f.dirty_pages:
-            self._start_writeback(f, full_only=False)
-            await f.idle.wait()
+            if not f.in_transit and self.transit_bytes >= self.max_transit:
+                # Other files' writes hold the budget: wait for one of them.
+                await self.progress.park()
         if f.error is None:
             await f.backend.flush()
             if not f.dirty:

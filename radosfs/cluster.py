@@ -1,8 +1,9 @@
 """A throwaway single-node Ceph cluster (one mon, one mgr, one OSD) for tests and demos.
 
 radosfs needs a real cluster to be tested against, and tests must not touch a shared one: this
-module builds a private cluster in a directory of its own -- cephx on, 127.0.0.1 only, ports picked
-per cluster so that several can run side by side -- and starts, checks and stops its daemons by pid.
+module builds a private cluster in a directory of its own -- cephx on, 127.0.0.1 only, ports
+picked per cluster so that several can run side by side -- and starts, checks and stops its
+daemons by pid.
 
 Layout of the directory::
 
@@ -77,6 +78,8 @@ class _Daemon:
         self.pid_file = directory / "run" / f"{_CLUSTER}-{self.name}.pid"
         self.log_file = directory / "log" / f"{_CLUSTER}-{self.name}.log"
         self.out_file = directory / "log" / f"{_CLUSTER}-{self.name}.out"
+        self.out_start = 0        # sizes of out_file and log_file at launch: where this run's
+        self.log_start = 0        # output begins (both files are appended to across runs)
 
 
 class LocalCluster:
@@ -129,7 +132,8 @@ class LocalCluster:
             built = self._read_marker()
             if built is not None and built.get("store") != self.store:
                 raise ClusterError(f"{self.directory} holds a {built.get('store')} cluster, not "
-                                   f"{self.store}; pass store={built.get('store')!r} or remove it")
+                                   f"a {self.store} one; start it with store "
+                                   f"{built.get('store')!r} or remove the directory")
             if built is not None and self.store == "memstore" and not self._alive(self._osd):
                 # memstore lost the OSD's data when it stopped: only a fresh build is usable.
                 log.info("memstore cluster in %s was stopped; rebuilding it", self.directory)
@@ -186,7 +190,7 @@ class LocalCluster:
         return self._ceph(list(args), timeout=timeout, watch=False)
 
     def env(self) -> dict[str, str]:
-        """The environment for subprocesses: CEPH_CONF lets plain ``ceph``/``rados``/``rbd`` work."""
+        """Environment for subprocesses: CEPH_CONF makes plain ``ceph``/``rados``/``rbd`` work."""
         env = dict(os.environ)
         env["CEPH_CONF"] = str(self.conf_path)
         return env
@@ -227,15 +231,16 @@ class LocalCluster:
                     "-n", "mon.", "--cap", "mon", "allow *"], deadline, conf_env=False)
         self._tool(["ceph-authtool", "--create-keyring", str(self.keyring_path), "--gen-key",
                     "-n", "client.admin", "--cap", "mon", "allow *", "--cap", "osd", "allow *",
-                    "--cap", "mds", "allow *", "--cap", "mgr", "allow *"], deadline, conf_env=False)
+                    "--cap", "mds", "allow *", "--cap", "mgr", "allow *"], deadline,
+                   conf_env=False)
         self._tool(["ceph-authtool", str(mon_keyring), "--import-keyring",
                     str(self.keyring_path)], deadline, conf_env=False)
         self._tool(["monmaptool", "--create", "--clobber", "--addv", _MON_ID,
                     f"[v2:127.0.0.1:{p2},v1:127.0.0.1:{p1}]", "--fsid", fsid, str(monmap)],
                    deadline, conf_env=False)
-        self._tool(["ceph-mon", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path), "--mkfs",
-                    "-i", _MON_ID, "--monmap", str(monmap), "--keyring", str(mon_keyring)],
-                   deadline, daemon=self._mon)
+        self._tool(["ceph-mon", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path),
+                    "--mkfs", "-i", _MON_ID, "--monmap", str(monmap),
+                    "--keyring", str(mon_keyring)], deadline, daemon=self._mon)
         self._launch(self._mon)
 
         self._mgr.data.mkdir(parents=True, exist_ok=True)
@@ -253,8 +258,8 @@ class LocalCluster:
         self._ceph(["auth", "get-or-create", self._osd.name, "mon", "allow profile osd",
                     "mgr", "allow profile osd", "osd", "allow *",
                     "-o", str(self._osd.data / "keyring")], timeout=self._left(deadline))
-        self._tool(["ceph-osd", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path), "--mkfs",
-                    "-i", _OSD_ID, "--osd-uuid", osd_uuid], deadline, daemon=self._osd)
+        self._tool(["ceph-osd", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path),
+                    "--mkfs", "-i", _OSD_ID, "--osd-uuid", osd_uuid], deadline, daemon=self._osd)
         self._launch(self._osd)
         self._marker.write_text(json.dumps({"store": self.store, "fsid": fsid,
                                             "osd_uuid": osd_uuid, "mon_ports": [p2, p1],
@@ -273,11 +278,14 @@ memstore device bytes = {self.memstore_bytes}"""
             store = f"""osd objectstore = bluestore
 bluestore block create = true
 bluestore block size = {self.bluestore_bytes}
+# a sparse file at <osd data>/block (setting "bluestore block path" to it breaks mkfs)
 bluestore block db create = false
 bluestore block wal create = false
 bluestore cache autotune = false
 bluestore cache size = 256M
-osd memory target = 1G"""
+osd memory target = 1G
+# every bdev close waits for the aio thread's poll: 250 ms by default, ~2 s of each start
+bdev aio poll ms = 25"""
 
         def daemon_paths(kind: str) -> str:
             return f"""{kind} data = {d}/{kind}/$cluster-$id
@@ -294,6 +302,7 @@ public addr = 127.0.0.1
 cluster addr = 127.0.0.1
 ms bind ipv4 = true
 ms bind ipv6 = false
+# the mon binds the ports in the monmap; mgr and OSD pick theirs in this per-cluster block
 ms bind port min = {low}
 ms bind port max = {high}
 ms bind retry count = 2
@@ -312,6 +321,7 @@ osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true
 mon warn on pool no redundancy = false
+# tests create many pools on the one OSD
 mon max pg per osd = 1000
 mgr initial modules =
 run dir = {d}/run
@@ -325,6 +335,7 @@ keyring = {self.keyring_path}
 mon cluster log file = {d}/log/$cluster.log
 mon data avail warn = 5
 mon data avail crit = 1
+# commit map changes after 0.1 s, not 1 s: pool create/delete and OSD boot become fast
 paxos propose interval = 0.1
 
 [mgr]
@@ -365,7 +376,9 @@ osd crush initial weight = 1
         d.log_file.parent.mkdir(parents=True, exist_ok=True)
         d.pid_file.parent.mkdir(parents=True, exist_ok=True)
         d.data.mkdir(parents=True, exist_ok=True)
+        d.log_start = d.log_file.stat().st_size if d.log_file.exists() else 0
         with open(d.out_file, "ab") as out:
+            d.out_start = out.tell()
             proc = subprocess.Popen(
                 [binary, "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path),
                  "-i", d.ident],
@@ -390,11 +403,11 @@ osd crush initial weight = 1
         """The daemon's most telling error line: from ``extra`` (a tool's stderr), else from
         the end of its stderr file, else from the end of its log."""
         texts = [extra] if extra else []
-        for path in (d.out_file, d.log_file):
+        for path, start in ((d.out_file, d.out_start), (d.log_file, d.log_start)):
             try:
                 with open(path, "rb") as f:
                     f.seek(0, os.SEEK_END)
-                    f.seek(max(0, f.tell() - 256 * 1024))
+                    f.seek(max(start, f.tell() - 256 * 1024))
                     texts.append(f.read().decode(errors="replace"))
             except OSError:
                 pass
@@ -434,7 +447,8 @@ osd crush initial weight = 1
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10)):
             if sig == signal.SIGKILL:
                 for name, (d, pid) in pids.items():
-                    log.warning("%s (pid %d) ignored SIGTERM for %ss; killing it", name, pid, grace)
+                    log.warning("%s (pid %d) ignored SIGTERM for %ss; killing it",
+                                name, pid, grace)
                     _signal(pid, signal.SIGKILL)
             end = time.monotonic() + wait
             while pids and time.monotonic() < end:
@@ -654,7 +668,8 @@ def _free_ports(count: int, forced_first: int | None = None) -> list[int]:
 def _free_block(size: int) -> int:
     """The first port of a block of ``size`` free ports below the ephemeral port range."""
     try:
-        eph_low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+        ranges = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        eph_low = int(ranges.split()[0])
     except (OSError, ValueError, IndexError):
         eph_low = 32768
     high = max(_BLOCK_LOW + 10 * size, eph_low) - size

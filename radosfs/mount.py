@@ -9,6 +9,7 @@ in the background; every failure before that is one line on stderr and a non-zer
 from __future__ import annotations
 
 import argparse
+import ctypes
 import errno
 import faulthandler
 import logging
@@ -149,10 +150,29 @@ async def _signals(nursery: trio.Nursery) -> None:
             return
 
 
+def tame_malloc() -> None:
+    """Give freed I/O buffers back to the system.
+
+    librados and our cache allocate and free MiB-sized buffers on many threads. glibc's
+    default raises its mmap threshold after such frees and keeps the memory in per-thread
+    arenas, so the daemon's RSS grew to several times the cache budget. A fixed threshold
+    (which also turns the dynamic one off) and few arenas keep RSS near the budget.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
+    libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 20)
+    libc.mallopt(M_ARENA_MAX, 2)
+
+
 def run_daemon(mo: MountOptions, mountpoint: str, source: str, foreground: bool,
                ready) -> int:
     """Connect, mount and serve; `ready(err)` is called once with None or a message."""
     faulthandler.register(signal.SIGUSR1)
+    tame_malloc()
     try:
         handle = open_cluster(ClientConfig(conf=mo.conf, name=mo.name, keyring=mo.keyring,
                                            connect_timeout=mo.connect_timeout,

@@ -125,6 +125,7 @@ class FileNode(Node):
     def __init__(self, fs: FileSystem, key: Hashable) -> None:
         super().__init__(fs, key)
         self.mtime: float | None = None
+        self.kernel_size: int | None = None
 
     def backend(self):
         raise NotImplementedError
@@ -146,6 +147,7 @@ class FileNode(Node):
         return self.file_attrs(size, mtime)
 
     def file_attrs(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
+        self.kernel_size = size  # what the kernel now believes (see Operations.open)
         mode = self.fs.options.file_mode()
         if self.read_only or self.fs.options.ro:
             mode &= ~0o222

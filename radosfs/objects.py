@@ -50,15 +50,16 @@ async def write_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: in
     """Write in place in pieces of at most MAX_IO (aio_write stamps the mtime as now)."""
     if offset + len(data) > OSD_MAX_OBJECT_SIZE:
         raise RadosFSError(errno.EFBIG, f"{name}: past osd_max_object_size")
+    if len(data) <= MAX_IO:  # the usual case: no copy
+        await bridge.aio(lambda cb: ioctx.aio_write(name, data, offset, cb), len(data))
+        return
     view = memoryview(data)
     pos = 0
-    while pos < len(data) or (pos == 0 and not data):
+    while pos < len(data):
         chunk = bytes(view[pos:pos + MAX_IO])
         await bridge.aio(lambda cb, c=chunk, o=offset + pos: ioctx.aio_write(name, c, o, cb),
                          len(chunk))
         pos += len(chunk)
-        if not data:
-            break
 
 
 def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> None:

@@ -15,6 +15,7 @@ import time
 from typing import Any, Callable
 
 import pyfuse3
+import trio
 from pyfuse3 import FUSEError
 
 from .cache import CachedFile, ReadState
@@ -312,6 +313,15 @@ class Operations(pyfuse3.Operations):
         if writable:
             self._writable(node)
         f, keep = await self._open_cached(node)
+        if writable and flags & os.O_TRUNC:
+            # libfuse enables atomic O_TRUNC: the kernel sends no separate setattr.
+            await self.fs.cache.truncate(f, 0)
+            node.mtime = time.time()
+            keep = False
+        if node.kernel_size is not None and node.kernel_size != f.size:
+            # Changed elsewhere (close-to-open): the kernel's cached size is stale too.
+            # attr_only never touches pages, so it cannot block on this very request.
+            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
         fh = self._fh()
         self.handles[fh] = Handle(node, f, writable)
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep)
