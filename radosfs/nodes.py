@@ -24,6 +24,7 @@ import trio
 from .errors import RadosFSError, errno_of
 from .object_backend import ObjectBackend
 from .objects import MAX_IO, operate, stat_object
+from .ownership import ATTRS_XATTR, NO_OVERRIDE, Ownership, read_many, read_ownership
 from .striped import INTERNAL_XATTRS, StripedData, piece_name, read_head, split_piece
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ SNAPDIR = ".snap"
 LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
 MAX_NAME_COMPONENT = 255   # bytes, as every Linux filesystem
 MAX_OBJECT_NAME = 2048     # osd_max_object_name_len's default
-INDEX_MIN_TTL = 2.0        # seconds a pool's directory index is trusted
+INDEX_MIN_TTL = 1.0        # seconds a pool's directory index is trusted (= attr_timeout)
 
 
 def check_component(name: str) -> None:
@@ -73,14 +74,14 @@ class Node:
         raise NotImplementedError
 
     def _attrs(self, mode: int, size: int = 0, mtime: float | None = None,
-               nlink: int = 1) -> pyfuse3.EntryAttributes:
+               nlink: int = 1, owner: Ownership = NO_OVERRIDE) -> pyfuse3.EntryAttributes:
         opts = self.fs.options
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.ino
         a.st_mode = mode
         a.st_nlink = nlink
-        a.st_uid = opts.uid
-        a.st_gid = opts.gid
+        a.st_uid = opts.uid if owner.uid is None else owner.uid
+        a.st_gid = opts.gid if owner.gid is None else owner.gid
         a.st_size = size
         a.st_blksize = 1 << 22
         a.st_blocks = (size + 511) // 512
@@ -112,7 +113,7 @@ class DirNode(Node):
     async def rmdir(self, name: str) -> None:
         raise RadosFSError(errno.EPERM, "cannot remove this directory")
 
-    async def create(self, name: str) -> Node:
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         raise RadosFSError(errno.EPERM, "cannot create files here")
 
     async def unlink(self, name: str) -> None:
@@ -126,6 +127,7 @@ class FileNode(Node):
         super().__init__(fs, key)
         self.mtime: float | None = None
         self.kernel_size: int | None = None
+        self.owner: Ownership = NO_OVERRIDE
 
     def backend(self):
         raise NotImplementedError
@@ -148,10 +150,10 @@ class FileNode(Node):
 
     def file_attrs(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
         self.kernel_size = size  # what the kernel now believes (see Operations.open)
-        mode = self.fs.options.file_mode()
+        mode = self.fs.options.file_mode() if self.owner.mode is None else self.owner.mode
         if self.read_only or self.fs.options.ro:
             mode &= ~0o222
-        return self._attrs(stat.S_IFREG | mode, size, mtime)
+        return self._attrs(stat.S_IFREG | mode, size, mtime, owner=self.owner)
 
     @property
     def backend_key(self) -> Hashable:
@@ -167,13 +169,21 @@ class RootNode(DirNode):
     async def lookup(self, name: str) -> Node:
         if not await self.fs.conn.pool_exists(name):
             raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        from .images import image_pool_node  # images imports this module
+        node = await image_pool_node(self.fs, name)
+        if node is not None:
+            return node
         return self.fs.table.get(("pool", name, ""), lambda: PoolDir(self.fs, name, ""))
 
     async def entries(self):
         pools = await self.fs.conn.list_pools()
         batch = []
+        from .images import image_pool_node  # images imports this module
         for name in sorted(pools):
-            node = self.fs.table.get(("pool", name, ""), lambda n=name: PoolDir(self.fs, n, ""))
+            node = await image_pool_node(self.fs, name)
+            if node is None:
+                node = self.fs.table.get(("pool", name, ""),
+                                         lambda n=name: PoolDir(self.fs, n, ""))
             batch.append((name, node, await node.attributes()))
         yield batch
 
@@ -206,7 +216,7 @@ class RootNode(DirNode):
         self.fs.table.drop_prefix(("pool", name))
         log.info("removed pool %s", name)
 
-    async def create(self, name: str) -> Node:
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         raise RadosFSError(errno.EPERM, "only pools (directories) live at the top level")
 
 
@@ -215,6 +225,7 @@ class PoolIndex:
 
     def __init__(self) -> None:
         self.dirs: set[str] = set()
+        self.markers: set[str] = set()   # directory marker objects known to exist
         self.stamp = 0.0
         self.ttl = INDEX_MIN_TTL
         self.lock = trio.Lock()
@@ -233,11 +244,10 @@ class PoolDir(DirNode):
 
     def __init__(self, fs: FileSystem, pool: str, prefix: str, snap: str | None = None,
                  snap_ioctx: rados.Ioctx | None = None) -> None:
-        super().__init__(fs, ("pool", pool, prefix) if snap is None
-                         else ("snapdir", pool, snap, prefix))
         self.pool = pool
         self.prefix = prefix
         self.snap = snap
+        super().__init__(fs, self.dir_key(prefix))
         self.read_only = snap is not None
         self._snap_ioctx = snap_ioctx
 
@@ -252,8 +262,12 @@ class PoolDir(DirNode):
                                  lambda: ObjectFile(self.fs, self.pool, oid, self.snap,
                                                     self._snap_ioctx))
 
+    def dir_key(self, prefix: str) -> Hashable:
+        return ("pool", self.pool, prefix) if self.snap is None \
+            else ("snapdir", self.pool, self.snap, prefix)
+
     def dir_node(self, prefix: str) -> PoolDir:
-        return self.fs.table.get(PoolDir(self.fs, self.pool, prefix, self.snap).key,
+        return self.fs.table.get(self.dir_key(prefix),
                                  lambda: PoolDir(self.fs, self.pool, prefix, self.snap,
                                                  self._snap_ioctx))
 
@@ -381,6 +395,11 @@ class PoolDir(DirNode):
         """
         out: list = [None] * (len(names) + len(heads))
         bridge = self.fs.bridge
+        owners: dict[str, Ownership] = {}
+
+        async def fetch_owners() -> None:
+            oids = [self.prefix + n for n in names] + [self.prefix + h for h in heads]
+            owners.update(await read_many(bridge, io, oids))
 
         async def plain(i: int, name: str) -> None:
             node = self.file_node(self.prefix + name)
@@ -390,7 +409,8 @@ class PoolDir(DirNode):
                 if exc.errno == errno.ENOENT:
                     return  # deleted after a snapshot, or just now: not listed
                 raise
-            node.remember(size, mtime)
+            await owners_done.wait()
+            node.remember(size, mtime, owner=owners.get(node.oid, NO_OVERRIDE))
             out[i] = (name, node, await node.attributes_from(size, mtime))
 
         async def striped(i: int, head_name: str) -> None:
@@ -407,10 +427,21 @@ class PoolDir(DirNode):
                     return
                 raise
             node = self.file_node(oid)
-            node.remember(layout[1], mtime, StripedData(bridge, io, oid, *layout))
+            await owners_done.wait()
+            node.remember(layout[1], mtime, StripedData(bridge, io, oid, *layout),
+                          owners.get(self.prefix + head_name, NO_OVERRIDE))
             out[i] = (base, node, await node.attributes_from(layout[1], mtime))
 
+        owners_done = trio.Event()
+
+        async def owners_task() -> None:
+            try:
+                await fetch_owners()
+            finally:
+                owners_done.set()
+
         async with trio.open_nursery() as n:
+            n.start_soon(owners_task)
             for i, name in enumerate(names):
                 n.start_soon(plain, i, name)
             for i, name in enumerate(heads, len(names)):
@@ -421,8 +452,9 @@ class PoolDir(DirNode):
         node = await self._absent(name)
         marker = node + "/"
         io = await self.ioctx()
-        await self.fs.bridge.run(_create_object, io, marker)
+        await self.fs.bridge.run(_create_object, io, marker, NO_OVERRIDE)
         self.fs.pool_index(self.pool).add_path(marker)
+        self.fs.pool_index(self.pool).markers.add(marker)
         return self.dir_node(marker)
 
     async def _absent(self, name: str) -> str:
@@ -439,7 +471,14 @@ class PoolDir(DirNode):
         check_component(name)
         prefix = self.child_key(name) + "/"
         io = await self.ioctx()
-        node = await self.lookup(name)
+        try:
+            node = await self.lookup(name)
+        except RadosFSError as exc:
+            # A directory kept only by objects that were all just removed (rm -r): it is
+            # gone from the index, but the caller saw it, so removing it succeeds.
+            if exc.errno != errno.ENOENT or self.dir_key(prefix) not in self.fs.table.by_key:
+                raise
+            node = self.dir_node(prefix)
         if not node.is_dir:
             raise RadosFSError(errno.ENOTDIR, f"{self.pool}/{prefix} is a file")
 
@@ -454,20 +493,22 @@ class PoolDir(DirNode):
             if exc.errno != errno.ENOENT:  # a directory kept only by its (gone) contents
                 raise
         self.fs.pool_index(self.pool).dirs.discard(prefix)
+        self.fs.pool_index(self.pool).markers.discard(prefix)
+        await self._keep_directory()
         self.fs.table.drop(("pool", self.pool, prefix))
 
-    async def create(self, name: str) -> Node:
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         check_component(name)
         oid = self.child_key(name)
         check_object_name(oid)
         io = await self.ioctx()
         try:
-            await self.fs.bridge.run(_create_object, io, oid)
+            await self.fs.bridge.run(_create_object, io, oid, owner)
         except rados.ObjectExists:
             pass  # raced with another creator: open what is there
         self.fs.pool_index(self.pool).add_path(oid)
         node = self.file_node(oid)
-        node.remember(0, time.time())
+        node.remember(0, time.time(), owner=owner)
         return node
 
     async def unlink(self, name: str) -> None:
@@ -478,11 +519,31 @@ class PoolDir(DirNode):
             raise RadosFSError(errno.EISDIR, f"{self.pool}/{oid} is a directory")
         await node.remove()  # type: ignore[attr-defined]
         self.fs.table.drop(node.key)
+        await self._keep_directory()
+
+    async def _keep_directory(self) -> None:
+        """Removing a file must not make its directory vanish (`rm dir/*; rmdir dir` and
+        `rm -r` rely on that): a directory that existed only through its objects' names
+        gets a marker object the first time a file in it is removed."""
+        idx = self.fs.pool_index(self.pool)
+        if not self.prefix or self.prefix in idx.markers:
+            return
+        io = await self.ioctx()
+        try:
+            await self.fs.bridge.run(_create_object, io, self.prefix, NO_OVERRIDE)
+        except rados.ObjectExists:
+            pass
+        idx.markers.add(self.prefix)
+        idx.add_path(self.prefix)
 
 
-def _create_object(io: rados.Ioctx, oid: str) -> None:
+def _create_object(io: rados.Ioctx, oid: str, owner: Ownership = NO_OVERRIDE) -> None:
     """Exclusive create with a real mtime (operate_write_op defaults to 1970)."""
-    operate(io, oid, lambda op: op.new(rados.LIBRADOS_CREATE_EXCLUSIVE))
+    def build(op: rados.WriteOp) -> None:
+        op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+        if owner != NO_OVERRIDE:
+            op.set_xattr(ATTRS_XATTR, owner.encode())
+    operate(io, oid, build)
 
 
 class ObjectFile(FileNode):
@@ -499,8 +560,11 @@ class ObjectFile(FileNode):
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
 
-    def remember(self, size: int, mtime: float, striped: StripedData | None = None) -> None:
+    def remember(self, size: int, mtime: float, striped: StripedData | None = None,
+                 owner: Ownership | None = None) -> None:
         self.mtime = mtime
+        if owner is not None:
+            self.owner = owner
         if striped is not None and self._backend is None:
             self._striped = striped
 
@@ -525,6 +589,15 @@ class ObjectFile(FileNode):
 
     async def stored_attrs(self) -> tuple[int, float]:
         backend = await self.backend()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._fetch_owner, backend)
+            size, mtime = await self._stat(backend)
+        return size, mtime
+
+    async def _fetch_owner(self, backend: ObjectBackend) -> None:
+        self.owner = await self.fs.bridge.run(read_ownership, backend.ioctx, backend.head_oid)
+
+    async def _stat(self, backend: ObjectBackend) -> tuple[int, float]:
         try:
             size, mtime = await backend.stat()
         except RadosFSError as exc:
@@ -544,7 +617,7 @@ class ObjectFile(FileNode):
         return backend.ioctx, backend.head_oid
 
     async def get_xattr(self, key: str) -> bytes:
-        if self.striped and key in INTERNAL_XATTRS:
+        if key == ATTRS_XATTR or self.striped and key in INTERNAL_XATTRS:
             raise RadosFSError(errno.ENODATA, f"no xattr {key}")
         io, oid = await self._head()
         try:
@@ -558,19 +631,29 @@ class ObjectFile(FileNode):
         io, oid = await self._head()
         names = (await _object_xattrs(self.fs, io, oid)).keys()
         hidden = INTERNAL_XATTRS if self.striped else ()
-        return sorted(n for n in names if n not in hidden)
+        return sorted(n for n in names if n not in hidden and n != ATTRS_XATTR)
+
+    async def _meta_op(self, build) -> None:
+        """Change xattrs without touching the mtime (RADOS would stamp "now"; in POSIX
+        only ctime changes): chmod after utimens, as rsync does, keeps the time."""
+        io, oid = await self._head()
+        _, mtime = await stat_object(self.fs.bridge, io, oid)
+        await self.fs.bridge.run(operate, io, oid, build, mtime)
 
     async def set_xattr(self, key: str, value: bytes) -> None:
-        if self.striped and key in INTERNAL_XATTRS:
-            raise RadosFSError(errno.EPERM, f"{key} belongs to the striper layout")
-        io, oid = await self._head()
-        await self.fs.bridge.run(io.set_xattr, oid, key, value)
+        if key == ATTRS_XATTR or self.striped and key in INTERNAL_XATTRS:
+            raise RadosFSError(errno.EPERM, f"{key} is kept by radosfs itself")
+        await self._meta_op(lambda op: op.set_xattr(key, value))
 
     async def remove_xattr(self, key: str) -> None:
         if key not in await self.list_xattrs():
             raise RadosFSError(errno.ENODATA, f"no xattr {key}")
-        io, oid = await self._head()
-        await self.fs.bridge.run(io.rm_xattr, oid, key)
+        await self._meta_op(lambda op: op.rm_xattr(key))
+
+    async def set_ownership(self, owner: Ownership) -> None:
+        """chmod/chown: store the override on the object (see ownership.py)."""
+        await self._meta_op(lambda op: op.set_xattr(ATTRS_XATTR, owner.encode()))
+        self.owner = owner
 
     async def set_mtime(self, mtime: float) -> None:
         io, oid = await self._head()
@@ -612,6 +695,8 @@ class ObjectFile(FileNode):
             await dst.truncate(size)
         for k, v in xattrs.items():
             await target.set_xattr(k, v)
+        if self.owner != NO_OVERRIDE:
+            await target.set_ownership(self.owner)
         await target.set_mtime(mtime)
         await src.remove()
 

@@ -22,6 +22,7 @@ from .cache import CachedFile, ReadState
 from .errors import RadosFSError, to_errno
 from .filesystem import FileSystem
 from .nodes import DirNode, FileNode, Node, ObjectFile, PoolDir, check_component
+from .ownership import Ownership
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class Operations(pyfuse3.Operations):
     async def _open_cached(self, node: FileNode) -> tuple[CachedFile, bool]:
         return await self.fs.cache.open(await node.backend())
 
+    def _owner_for_create(self, mode: int, ctx) -> Ownership:
+        """What a new file must remember beyond the mount's defaults (cp -p, rsync -a)."""
+        opts = self.fs.options
+        perm = mode & 0o7777 & ~(getattr(ctx, "umask", 0) or 0)
+        return Ownership(perm if perm != opts.file_mode() else None,
+                         ctx.uid if ctx is not None and ctx.uid != opts.uid else None,
+                         ctx.gid if ctx is not None and ctx.gid != opts.gid else None)
+
     # ---- attributes and names --------------------------------------------------------
 
     @fuse_errors
@@ -158,16 +167,18 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx) -> pyfuse3.EntryAttributes:
         node = self.fs.table.node(inode)
         current = await node.attributes()
-        opts = self.fs.options
-        if fields.update_mode and (attr.st_mode & 0o7777) != (current.st_mode & 0o7777):
-            raise RadosFSError(errno.EPERM, "permissions come from mount options "
-                                            "(uid=, gid=, umask=); chmod is not stored")
-        if fields.update_uid and attr.st_uid not in (opts.uid, -1, 0xFFFFFFFF):
-            raise RadosFSError(errno.EPERM, "ownership comes from mount options; chown is "
-                                            "not stored")
-        if fields.update_gid and attr.st_gid not in (opts.gid, -1, 0xFFFFFFFF):
-            raise RadosFSError(errno.EPERM, "ownership comes from mount options; chgrp is "
-                                            "not stored")
+        mode = attr.st_mode & 0o7777 if fields.update_mode else None
+        uid = attr.st_uid if fields.update_uid and attr.st_uid not in (-1, 0xFFFFFFFF) else None
+        gid = attr.st_gid if fields.update_gid and attr.st_gid not in (-1, 0xFFFFFFFF) else None
+        changes = ((mode is not None and mode != current.st_mode & 0o7777)
+                   or (uid is not None and uid != current.st_uid)
+                   or (gid is not None and gid != current.st_gid))
+        if changes:
+            self._writable(node)
+            if not isinstance(node, ObjectFile):
+                raise RadosFSError(errno.EPERM, "mode and owner of directories and images "
+                                                "come from mount options (uid=, gid=, umask=)")
+            await node.set_ownership(node.owner.merged(mode, uid, gid))
         if fields.update_size:
             self._writable(node)
             if node.is_dir:
@@ -333,7 +344,7 @@ class Operations(pyfuse3.Operations):
         self._writable(parent)
         text = _name(name)
         check_component(text)
-        node = await parent.create(text)
+        node = await parent.create(text, self._owner_for_create(mode, ctx))
         f, _ = await self._open_cached(node)  # type: ignore[arg-type]
         fh = self._fh()
         self.handles[fh] = Handle(node, f, True)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ import rados
 
 from .errors import RadosFSError, errno_of
 from .nodes import DirNode, Node, PoolDir
+from .ownership import NO_OVERRIDE, Ownership
 
 if TYPE_CHECKING:
     from .filesystem import FileSystem
@@ -112,7 +113,7 @@ class PoolSnapRoot(DirNode):
         self.fs.conn.forget_snap(self.pool, name)
         log.info("removed pool snapshot %s of %s", name, self.pool)
 
-    async def create(self, name: str) -> Node:
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         raise RadosFSError(errno.EROFS, "snapshots are read-only")
 
     async def unlink(self, name: str) -> None:
@@ -141,7 +142,7 @@ class PoolSnapshot(PoolDir):
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(self.stamp.timestamp() * 1e9)
         return a
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, *_: object) -> Node:
         raise RadosFSError(errno.EROFS, "snapshots are read-only")
 
     rmdir = create = unlink = mkdir  # type: ignore[assignment]

@@ -1,0 +1,86 @@
+"""Mode, owner and group of object files, kept in the RADOS xattr `radosfs.attrs`.
+
+Mount options (`uid=`, `gid=`, `umask=`) give every file its default mode and owner.
+`chmod`, `chown` and a `create` with a mode other than the default store an override on
+the object (piece 0 of a striped set) as `mode=0600 uid=1000 gid=1000`, so `rsync -a`,
+`cp -p` and `tar x` keep permissions. The xattr is not shown among `user.*` xattrs.
+Listings fetch it in batches (one thread call per slice of names), not one by one.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import rados
+import trio
+
+from .bridge import Bridge
+
+ATTRS_XATTR = "radosfs.attrs"
+BATCH_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Ownership:
+    mode: int | None = None   # permission bits (0o7777), None = from mount options
+    uid: int | None = None
+    gid: int | None = None
+
+    def encode(self) -> bytes:
+        parts = []
+        if self.mode is not None:
+            parts.append(f"mode={self.mode:04o}")
+        if self.uid is not None:
+            parts.append(f"uid={self.uid}")
+        if self.gid is not None:
+            parts.append(f"gid={self.gid}")
+        return " ".join(parts).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes | None) -> Ownership:
+        if not raw:
+            return NO_OVERRIDE
+        fields: dict[str, int] = {}
+        for part in raw.decode(errors="replace").split():
+            key, _, value = part.partition("=")
+            try:
+                fields[key] = int(value, 8) & 0o7777 if key == "mode" else int(value)
+            except ValueError:
+                continue
+        return cls(fields.get("mode"), fields.get("uid"), fields.get("gid"))
+
+    def merged(self, mode: int | None = None, uid: int | None = None,
+               gid: int | None = None) -> Ownership:
+        return Ownership(mode if mode is not None else self.mode,
+                         uid if uid is not None else self.uid,
+                         gid if gid is not None else self.gid)
+
+
+NO_OVERRIDE = Ownership()
+
+
+def read_ownership(io: rados.Ioctx, oid: str) -> Ownership:
+    """Blocking: the override stored on one object (none if absent)."""
+    try:
+        return Ownership.decode(io.get_xattr(oid, ATTRS_XATTR))
+    except rados.Error:
+        return NO_OVERRIDE
+
+
+async def read_many(bridge: Bridge, io: rados.Ioctx, oids: list[str]) -> dict[str, Ownership]:
+    """The overrides of many objects, in a few thread calls working through slices."""
+    out: dict[str, Ownership] = {}
+    if not oids:
+        return out
+    n = min(BATCH_THREADS, len(oids))
+
+    def work(part: list[str]) -> list[tuple[str, Ownership]]:
+        return [(oid, read_ownership(io, oid)) for oid in part]
+
+    async def one(part: list[str]) -> None:
+        out.update(await bridge.run(work, part))
+
+    async with trio.open_nursery() as nursery:
+        for k in range(n):
+            nursery.start_soon(one, list(itertools.islice(oids, k, None, n)))
+    return out
