@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Any, Callable, TypeVar
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Callable, TypeVar
 
 import trio
 
@@ -118,3 +119,21 @@ class Bridge:
                 self.stats["errors"] += 1
             raise RadosFSError(-rv, f"librados returned {-rv}")
         return rest
+
+
+def first_error(exc: BaseException) -> BaseException:
+    """The first real exception inside (nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def concurrently() -> AsyncIterator[trio.Nursery]:
+    """A nursery that fails with the first error itself, not an ExceptionGroup, so callers
+    catch RadosFSError(ENOENT) and friends just as they would from a plain await."""
+    try:
+        async with trio.open_nursery() as nursery:
+            yield nursery
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None

@@ -31,6 +31,8 @@ class RadosFSError(Exception):
 
 def errno_of(exc: BaseException) -> int | None:
     """The errno an exception carries (librados, librbd and OSError all have `.errno`)."""
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
     err = getattr(exc, "errno", None)
     if isinstance(err, int) and err:
         return abs(err)

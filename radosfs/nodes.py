@@ -21,6 +21,7 @@ import pyfuse3
 import rados
 import trio
 
+from .bridge import concurrently
 from .errors import RadosFSError, errno_of
 from .object_backend import ObjectBackend
 from .objects import MAX_IO, operate, stat_object
@@ -313,7 +314,7 @@ class PoolDir(DirNode):
                 results[o] = None
 
         head = piece_name(oid, 0)
-        async with trio.open_nursery() as n:
+        async with concurrently() as n:
             for o in (oid, oid + "/", head):
                 n.start_soon(probe, o)
         if results[oid] is not None:
@@ -440,7 +441,7 @@ class PoolDir(DirNode):
             finally:
                 owners_done.set()
 
-        async with trio.open_nursery() as n:
+        async with concurrently() as n:
             n.start_soon(owners_task)
             for i, name in enumerate(names):
                 n.start_soon(plain, i, name)
@@ -589,7 +590,7 @@ class ObjectFile(FileNode):
 
     async def stored_attrs(self) -> tuple[int, float]:
         backend = await self.backend()
-        async with trio.open_nursery() as nursery:
+        async with concurrently() as nursery:
             nursery.start_soon(self._fetch_owner, backend)
             size, mtime = await self._stat(backend)
         return size, mtime

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import rados
 import trio
 
-from .bridge import Bridge
+from .bridge import Bridge, concurrently
 
 ATTRS_XATTR = "radosfs.attrs"
 BATCH_THREADS = 8
@@ -80,7 +80,7 @@ async def read_many(bridge: Bridge, io: rados.Ioctx, oids: list[str]) -> dict[st
     async def one(part: list[str]) -> None:
         out.update(await bridge.run(work, part))
 
-    async with trio.open_nursery() as nursery:
+    async with concurrently() as nursery:
         for k in range(n):
             nursery.start_soon(one, list(itertools.islice(oids, k, None, n)))
     return out

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import rados
 import trio
 
-from .bridge import Bridge
+from .bridge import Bridge, concurrently
 from .errors import RadosFSError, errno_of
 from .objects import read_object, stat_object, write_object
 
@@ -186,7 +186,7 @@ class StripedData:
             at = file_off - offset
             out[at:at + len(data)] = data
 
-        async with trio.open_nursery() as nursery:
+        async with concurrently() as nursery:
             for ext in self.layout.extents(offset, length):
                 nursery.start_soon(one, *ext)
         return bytes(out)
@@ -199,7 +199,7 @@ class StripedData:
             await write_object(self.bridge, self.io, piece_name(self.name, objectno),
                                obj_off, bytes(view[at:at + n]))
 
-        async with trio.open_nursery() as nursery:
+        async with concurrently() as nursery:
             for ext in self.layout.extents(offset, len(data)):
                 nursery.start_soon(one, *ext)
         await self.set_size(max(self.stored_size, offset + len(data)), grow_only=True)
