@@ -40,7 +40,8 @@ READAHEAD_MAX = 32 << 20
 
 
 class Page:
-    __slots__ = ("data", "valid", "dirty_lo", "dirty_hi", "pins", "loading")
+    __slots__ = ("data", "valid", "dirty_lo", "dirty_hi", "pins", "loading",
+                 "held_lo", "held_hi", "writing")
 
     def __init__(self) -> None:
         self.data = bytearray()
@@ -49,6 +50,11 @@ class Page:
         self.dirty_hi = 0
         self.pins = 0
         self.loading: trio.Event | None = None
+        # Not valid: [held_lo, held_hi) of data is what was written through the mount,
+        # dirty or written back (the cluster may not have it yet): a read-in keeps it.
+        self.held_lo = 0
+        self.held_hi = 0
+        self.writing = 0  # write-backs of this page in flight (at most one at a time)
 
     @property
     def dirty(self) -> bool:
@@ -200,16 +206,21 @@ class PageCache:
                 await page.loading.wait()
                 continue
             self.stats["misses"] += 1
-            await self._load(f, idx)
+            page = await self._load(f, idx)
+            if page.valid:
+                # Even if it was evicted at once (cache full of dirty pages): the caller
+                # uses it before the next await.
+                return page
 
-    async def _load(self, f: CachedFile, idx: int) -> None:
+    async def _load(self, f: CachedFile, idx: int) -> Page:
         page = f.pages.get(idx)
         if page is None:
             page = f.pages[idx] = Page()
         if page.valid or page.loading is not None:
-            return
+            return page
         page.loading = trio.Event()
         await self._fill(f, idx, page)
+        return page
 
     async def _fill(self, f: CachedFile, idx: int, page: Page) -> None:
         """Read a page whose `loading` event is set up; wake its waiters when done."""
@@ -232,11 +243,12 @@ class PageCache:
         base = bytearray(data[:limit])
         if len(base) < limit:
             base.extend(bytes(limit - len(base)))
-        if page.dirty:
-            base[page.dirty_lo:page.dirty_hi] = page.data[page.dirty_lo:page.dirty_hi]
+        if page.held_hi > page.held_lo:
+            base[page.held_lo:page.held_hi] = page.data[page.held_lo:page.held_hi]
         self.total_bytes += len(base) - len(page.data)
         page.data = base
         page.valid = True
+        page.held_lo = page.held_hi = 0
         if not page.dirty and not page.pins:
             self.lru[(f.key, idx)] = None
         self._evict()
@@ -276,6 +288,7 @@ class PageCache:
             log.debug("prefetch of %s page %d failed: %r", f.key, idx, exc)
             page = f.pages.get(idx)
             if page is not None and not page.valid and not page.dirty and not page.pins:
+                self.total_bytes -= len(page.data)
                 del f.pages[idx]
 
     # ---- writing ----------------------------------------------------------------------
@@ -293,12 +306,13 @@ class PageCache:
                 page = f.pages[idx] = Page()
                 if idx * PAGE_SIZE >= f.stored_size:
                     page.valid = True  # nothing stored there yet: zeros
-            if not page.valid and page.dirty and (start > page.dirty_hi
-                                                  or start + n < page.dirty_lo):
-                # A second, separate dirty range in a page we never read: read it first so
-                # one range per page is enough.
-                await self._loaded(f, idx)
-                page = f.pages[idx]
+            if not page.valid and page.held_hi > page.held_lo and (
+                    start > page.held_hi or start + n < page.held_lo):
+                # A second, separate range in a page we never read: read it first so one
+                # range per page is enough.
+                page = await self._loaded(f, idx)
+                if f.pages.get(idx) is not page:
+                    continue  # evicted or dropped meanwhile: look again
             self._put(f, idx, page, start, view[pos:pos + n])
             pos += n
         f.size = max(f.size, offset + n_total)
@@ -316,6 +330,12 @@ class PageCache:
             page.data.extend(bytes(end - old))
             self.total_bytes += end - old
         page.data[start:end] = chunk
+        if not page.valid:
+            if page.held_hi > page.held_lo:
+                page.held_lo = min(page.held_lo, start)
+                page.held_hi = max(page.held_hi, end)
+            else:
+                page.held_lo, page.held_hi = start, end
         if page.dirty:
             before = page.dirty_hi - page.dirty_lo
             page.dirty_lo = min(page.dirty_lo, start)
@@ -330,6 +350,10 @@ class PageCache:
     async def _throttle_writer(self, f: CachedFile) -> None:
         """Back-pressure: the writer waits until dirty data is below the limit again."""
         while self.dirty_bytes > self.dirty_limit:
+            if f.error is not None:
+                # Its write-back fails: tell the writer rather than retry forever.
+                err, f.error = f.error, None
+                raise RadosFSError(err, f"write-back to {f.key} failed")
             self._start_writeback(f, full_only=False)
             for other in list(self.files.values()):
                 if other.dirty_pages:
@@ -348,6 +372,10 @@ class PageCache:
         cur_start = cur_end = -1
         for idx in sorted(f.dirty_pages):
             page = f.pages[idx]
+            if page.writing:
+                # Its last write-back is in flight; two could land in either order.
+                cur_end = -1
+                continue
             lo = idx * PAGE_SIZE + page.dirty_lo
             hi = idx * PAGE_SIZE + page.dirty_hi
             if cur and lo == cur_end and lo % unit != 0:
@@ -387,6 +415,7 @@ class PageCache:
             self.dirty_bytes -= page.dirty_hi - page.dirty_lo
             page.dirty_lo = page.dirty_hi = 0
             page.pins += 1
+            page.writing += 1
             f.dirty_pages.discard(idx)
         f.in_transit += 1
         f.idle = trio.Event() if f.idle.is_set() else f.idle
@@ -412,8 +441,15 @@ class PageCache:
                 page = f.pages.get(idx)
                 if page is not None:
                     page.pins -= 1
+                    page.writing -= 1
                     if not page.pins and not page.dirty and page.valid:
                         self.lru[(f.key, idx)] = None
+                    elif (not page.pins and not page.dirty and page.loading is None
+                          and f.pages.get(idx) is page):
+                        # Written back and never read: it holds nothing the cluster
+                        # lacks, and outside the LRU it would never be freed.
+                        self.total_bytes -= len(page.data)
+                        del f.pages[idx]
             f.in_transit -= 1
             # Keep the pipe full: start what waited for room (full runs only; flush and
             # back-pressure ask for the rest themselves).
@@ -489,6 +525,9 @@ class PageCache:
             if len(page.data) > last_len:
                 self.total_bytes -= len(page.data) - last_len
                 del page.data[last_len:]
+            page.held_hi = min(page.held_hi, last_len)
+            if page.held_hi <= page.held_lo:
+                page.held_lo = page.held_hi = 0
             if page.dirty:
                 old = page.dirty_hi - page.dirty_lo
                 page.dirty_hi = min(page.dirty_hi, last_len)

@@ -55,9 +55,9 @@ import rados
 import rbd
 import trio
 
-from .bridge import Bridge
+from .bridge import Bridge, concurrently
 from .errors import RadosFSError, errno_of
-from .nodes import DirNode, FileNode, Node, check_component, valid_path_name
+from .nodes import SNAPDIR, DirNode, FileNode, Node, check_component, valid_path_name
 
 if TYPE_CHECKING:
     from .filesystem import FileSystem
@@ -260,7 +260,7 @@ async def image_attrs(bridge: Bridge, io: rados.Ioctx, image_id: str
                 res["mtime"] = sec + nsec / 1e9
                 return
 
-    async with trio.open_nursery() as n:
+    async with concurrently() as n:
         n.start_soon(size)
         n.start_soon(mtime)
     return res["size"], res.get("mtime")
@@ -783,6 +783,10 @@ class ImagePool(DirNode):
 
     async def lookup(self, name: str) -> Node:
         check_component(name)
+        if name == SNAPDIR:
+            from .snapshots import ImageSnapRoot
+            return self.fs.table.get(("snaproot", self.pool),
+                                     lambda: ImageSnapRoot(self.fs, self.pool))
         ctx = await self.ctx()
         try:
             image_id = await image_id_of(self.fs.bridge, ctx.ioctx, name)
@@ -813,7 +817,7 @@ class ImagePool(DirNode):
                 node = self.file_node(name, image_id)
                 out[i] = (name, node, await node.attributes_from(size, mtime))
 
-            async with trio.open_nursery() as n:
+            async with concurrently() as n:
                 for i, img in enumerate(chunk):
                     n.start_soon(one, i, img["name"], img["id"])
             batch = [x for x in out if x is not None]

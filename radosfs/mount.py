@@ -24,6 +24,7 @@ import trio
 from .bridge import Bridge
 from .connection import ClientConfig, ConnectError, Connection, open_cluster
 from .filesystem import FileSystem
+from .images import close_all
 from .operations import Operations
 from .options import HELP, MountOptions, OptionError, parse_options
 
@@ -135,6 +136,8 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
             for key, err in failed:
                 log.error("umount: data of %s could not be written back (%s); it is lost",
                           key, os.strerror(err))
+            # Before Rados.shutdown(): closing an rbd.Image after it hangs forever.
+            await close_all(fs)
             clean = True
             nursery.cancel_scope.cancel()
     finally:

@@ -21,6 +21,7 @@ from pyfuse3 import FUSEError
 from .cache import CachedFile, ReadState
 from .errors import RadosFSError, to_errno
 from .filesystem import FileSystem
+from .images import ImagePool
 from .nodes import DirNode, FileNode, Node, ObjectFile, PoolDir, check_component
 from .ownership import Ownership
 
@@ -275,6 +276,11 @@ class Operations(pyfuse3.Operations):
             raise RadosFSError(errno.EINVAL, "RENAME_EXCHANGE is not supported")
         old_name, new_name = _name(name_old), _name(name_new)
         check_component(new_name)
+        if isinstance(old_parent, ImagePool) or isinstance(new_parent, ImagePool):
+            if old_parent is not new_parent:
+                raise RadosFSError(errno.EXDEV, "images move only within their pool")
+            await old_parent.rename(old_name, new_name, flags)
+            return
         node = await old_parent.lookup(old_name)
         if not (isinstance(old_parent, PoolDir) and isinstance(new_parent, PoolDir)
                 and old_parent.pool == new_parent.pool) or node.is_dir:

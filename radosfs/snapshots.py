@@ -146,3 +146,174 @@ class PoolSnapshot(PoolDir):
         raise RadosFSError(errno.EROFS, "snapshots are read-only")
 
     rmdir = create = unlink = mkdir  # type: ignore[assignment]
+
+
+# ---- image pools ------------------------------------------------------------------------
+
+class ImageSnapRoot(DirNode):
+    """`.snap` of an image pool: one directory per snapshot name found on any image.
+
+    `mkdir .snap/NAME` takes a snapshot NAME of every image in the pool (after writing back
+    the pool's dirty pages); `rmdir` removes NAME from every image that has it (a protected
+    snapshot, or one with clones, gives EBUSY and the log names the image).
+    """
+    is_snap_root = True
+
+    def __init__(self, fs: FileSystem, pool: str) -> None:
+        super().__init__(fs, ("snaproot", pool))
+        self.pool = pool
+
+    async def _ioctx(self) -> rados.Ioctx:
+        from .images import pool_context
+        return (await pool_context(self.fs, self.pool)).ioctx
+
+    async def snapshots(self) -> dict[str, list[tuple[str, str, object]]]:
+        """{snapshot name: [(image name, image id, timestamp), ...]} over the pool."""
+        import rbd
+        io = await self._ioctx()
+
+        def scan() -> dict[str, list[tuple[str, str, object]]]:
+            out: dict[str, list[tuple[str, str, object]]] = {}
+            for img in rbd.RBD().list2(io):
+                try:
+                    image = rbd.Image(io, img["name"], read_only=True)
+                except rbd.ImageNotFound:
+                    continue
+                try:
+                    for s in image.list_snaps():
+                        out.setdefault(s["name"], []).append(
+                            (img["name"], img["id"], image.get_snap_timestamp(s["id"])))
+                finally:
+                    image.close()
+            return out
+
+        return await self.fs.bridge.run(scan)
+
+    def _snap_node(self, name: str, members: list) -> ImageSnapshot:
+        node = self.fs.table.get(("snapdir", self.pool, name, ""),
+                                 lambda: ImageSnapshot(self.fs, self.pool, name))
+        node.update(members)  # type: ignore[attr-defined]
+        return node  # type: ignore[return-value]
+
+    async def lookup(self, name: str) -> Node:
+        members = (await self.snapshots()).get(name)
+        if not members:
+            raise RadosFSError(errno.ENOENT, f"no image in {self.pool} has snapshot {name}")
+        return self._snap_node(name, members)
+
+    async def entries(self):
+        batch = []
+        for name, members in sorted((await self.snapshots()).items()):
+            node = self._snap_node(name, members)
+            batch.append((name, node, await node.attributes()))
+        yield batch
+
+    async def mkdir(self, name: str) -> Node:
+        import rbd
+        check_snap_name(name)
+        if name in await self.snapshots():
+            raise RadosFSError(errno.EEXIST, f"snapshot {name} exists in pool {self.pool}")
+        await self.fs.cache.flush_where(lambda key: key[0] == "rbd" and key[1] == self.pool
+                                        and key[3] is None)
+        io = await self._ioctx()
+
+        def take() -> int:
+            n = 0
+            for img in rbd.RBD().list2(io):
+                try:
+                    image = rbd.Image(io, img["name"])
+                except rbd.ImageNotFound:
+                    continue
+                try:
+                    image.create_snap(name)
+                    n += 1
+                finally:
+                    image.close()
+            return n
+
+        n = await self.fs.bridge.run(take)
+        if n == 0:
+            raise RadosFSError(errno.ENOENT, f"pool {self.pool} has no images to snapshot")
+        log.info("took snapshot %s of %d images in %s", name, n, self.pool)
+        return await self.lookup(name)
+
+    async def rmdir(self, name: str) -> None:
+        import rbd
+        members = (await self.snapshots()).get(name)
+        if not members:
+            raise RadosFSError(errno.ENOENT, f"no image in {self.pool} has snapshot {name}")
+        io = await self._ioctx()
+
+        def remove() -> None:
+            for image_name, _, _ in members:
+                try:
+                    image = rbd.Image(io, image_name)
+                except rbd.ImageNotFound:
+                    continue
+                try:
+                    image.remove_snap(name)
+                except (rbd.ImageBusy, rbd.InvalidArgument) as exc:
+                    raise RadosFSError(errno.EBUSY, f"snapshot {image_name}@{name} is "
+                                       f"protected or has clones: {exc}") from None
+                except rbd.ImageNotFound:
+                    pass
+                finally:
+                    image.close()
+
+        await self.fs.bridge.run(remove)
+        self.fs.table.drop_prefix(("snapdir", self.pool, name))
+        log.info("removed snapshot %s from the images of %s", name, self.pool)
+
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+    async def unlink(self, name: str) -> None:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+
+class ImageSnapshot(DirNode):
+    """`.snap/NAME` of an image pool: each image that has snapshot NAME, read-only."""
+    read_only = True
+
+    def __init__(self, fs: FileSystem, pool: str, name: str) -> None:
+        super().__init__(fs, ("snapdir", pool, name, ""))
+        self.pool = pool
+        self.snap = name
+        self.members: list[tuple[str, str, object]] = []
+        self.virtual_xattrs: dict[str, bytes] = {}
+
+    def update(self, members: list[tuple[str, str, object]]) -> None:
+        self.members = members
+        first = min(m[2] for m in members)
+        self.stamp = first
+        self.virtual_xattrs = {BTIME_XATTR: btime(first)}
+
+    def _file(self, name: str, image_id: str) -> Node:
+        from .images import ImageFile
+        return self.fs.table.get(ImageFile.key_for(self.pool, name, self.snap),
+                                 lambda: ImageFile(self.fs, self.pool, name, image_id,
+                                                   snapshot=self.snap))
+
+    async def attributes(self):
+        a = await super().attributes()
+        if self.members:
+            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(self.stamp.timestamp() * 1e9)
+        return a
+
+    async def lookup(self, name: str) -> Node:
+        for image_name, image_id, _ in self.members:
+            if image_name == name:
+                return self._file(name, image_id)
+        raise RadosFSError(errno.ENOENT, f"{self.pool}@{self.snap}/{name}")
+
+    async def entries(self):
+        batch = []
+        for image_name, image_id, _ in sorted(self.members):
+            node = self._file(image_name, image_id)
+            batch.append((image_name, node, await node.attributes()))
+        yield batch
+
+    async def mkdir(self, name: str, *_: object) -> Node:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+    rmdir = create = unlink = mkdir  # type: ignore[assignment]
