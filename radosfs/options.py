@@ -31,6 +31,7 @@ class MountOptions:
     connect_timeout: float = 10.0
     op_timeout: float = 30.0
     attr_timeout: float = 1.0
+    readahead_kb: int = 1024
     fuse: set[str] = field(default_factory=set)
 
     def file_mode(self) -> int:
@@ -57,6 +58,7 @@ HELP = {
     "connect_timeout=SECONDS": "give up connecting after this long (default 10)",
     "op_timeout=SECONDS": "a cluster operation fails with EIO after this long (default 30)",
     "attr_timeout=SECONDS": "how long the kernel caches names and attributes (default 1)",
+    "readahead_kb=N": "kernel read-ahead for the mount, in KiB (default 1024; root only)",
     "debug": "log every request (and stay in the foreground)",
 }
 
@@ -122,6 +124,8 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
         mo.op_timeout = float(need())
     elif key == "attr_timeout":
         mo.attr_timeout = float(need())
+    elif key == "readahead_kb":
+        mo.readahead_kb = int(need())
     elif key in FUSE_FLAGS:
         mo.fuse.add(key)
     elif key in IGNORED:
