@@ -8,6 +8,7 @@ from .cache import PageCache
 from .connection import Connection
 from .nodes import InodeTable, PoolIndex, RootNode
 from .options import MountOptions
+from .ownership import PoolFlag, pool_has_overrides
 
 
 class FileSystem:
@@ -18,6 +19,7 @@ class FileSystem:
         self.cache = PageCache(options.cache_size)
         self.table = InodeTable()
         self.mount_time = time.time()
+        self._flags: dict[str, PoolFlag] = {}
         self._indexes: dict[tuple[str, str | None], PoolIndex] = {}
         self.root = RootNode(self)
         self.table.add_root(self.root)
@@ -28,6 +30,16 @@ class FileSystem:
         if idx is None:
             idx = self._indexes[(pool, snap)] = PoolIndex()
         return idx
+
+    def pool_flag(self, pool: str) -> PoolFlag:
+        flag = self._flags.get(pool)
+        if flag is None:
+            flag = self._flags[pool] = PoolFlag()
+        return flag
+
+    async def has_overrides(self, pool: str, io) -> bool:
+        """Whether objects of `pool` may carry mode/owner overrides (see ownership.py)."""
+        return await pool_has_overrides(self.bridge, io, self.pool_flag(pool))
 
     def counters(self) -> dict:
         return {"cache": self.cache.counters(),

@@ -25,7 +25,8 @@ from .bridge import concurrently
 from .errors import RadosFSError, errno_of
 from .object_backend import ObjectBackend
 from .objects import MAX_IO, operate, stat_object
-from .ownership import ATTRS_XATTR, NO_OVERRIDE, Ownership, read_many, read_ownership
+from .ownership import (ATTRS_XATTR, FLAG_OBJECT, NO_OVERRIDE, Ownership, PoolFlag, mark_pool,
+                        pool_has_overrides, read_many, read_ownership)
 from .striped import INTERNAL_XATTRS, StripedData, piece_name, read_head, split_piece
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ SNAPDIR = ".snap"
 LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
 MAX_NAME_COMPONENT = 255   # bytes, as every Linux filesystem
 MAX_OBJECT_NAME = 2048     # osd_max_object_name_len's default
+FRESH_SECONDS = 0.05       # a lookup's stat answers the getattr right after it
 INDEX_MIN_TTL = 1.0        # seconds a pool's directory index is trusted (= attr_timeout)
 
 
@@ -299,11 +301,19 @@ class PoolDir(DirNode):
             from .snapshots import PoolSnapRoot
             return self.fs.table.get(("snaproot", self.pool),
                                      lambda: PoolSnapRoot(self.fs, self.pool))
+        if name == FLAG_OBJECT and not self.prefix:
+            raise RadosFSError(errno.ENOENT, f"{name} is reserved by radosfs")
         oid = self.child_key(name)
         check_object_name(oid + "/")
         io = await self.ioctx()
         bridge = self.fs.bridge
         results: dict[str, tuple[int, float] | None] = {}
+        owner = [NO_OVERRIDE]
+
+        async def owner_probe() -> None:
+            # In parallel with the stats: one round trip for a lookup, not two.
+            if await self.fs.has_overrides(self.pool, io):
+                owner[0] = await bridge.run(read_ownership, io, oid)
 
         async def probe(o: str) -> None:
             try:
@@ -317,16 +327,20 @@ class PoolDir(DirNode):
         async with concurrently() as n:
             for o in (oid, oid + "/", head):
                 n.start_soon(probe, o)
+            n.start_soon(owner_probe)
         if results[oid] is not None:
             node = self.file_node(oid)
-            node.remember(*results[oid])
+            node.remember(*results[oid], owner=owner[0], fresh=True)
             return node
         if results[head] is not None:
             layout = await read_head(bridge, io, oid)
             if layout is not None:
                 node = self.file_node(oid)
                 node.remember(layout[1], results[head][1],
-                              StripedData(bridge, io, oid, *layout))
+                              StripedData(bridge, io, oid, *layout),
+                              await bridge.run(read_ownership, io, head)
+                              if await self.fs.has_overrides(self.pool, io) else NO_OVERRIDE,
+                              fresh=True)
                 return node
         cached = self.fs.cache.get(("obj", self.pool, self.snap, oid))
         if cached is not None and cached.dirty:
@@ -364,8 +378,8 @@ class PoolDir(DirNode):
                               self.pool)
                     continue
                 rest = oid[plen:]
-                if rest == SNAPDIR and not plen:
-                    continue  # hidden behind the snapshot directory
+                if not plen and rest in (SNAPDIR, FLAG_OBJECT):
+                    continue  # hidden: the snapshot directory, the ownership flag
                 first, slash, _ = rest.partition("/")
                 if slash:
                     if first not in seen_dirs:
@@ -399,6 +413,8 @@ class PoolDir(DirNode):
         owners: dict[str, Ownership] = {}
 
         async def fetch_owners() -> None:
+            if not await self.fs.has_overrides(self.pool, io):
+                return
             oids = [self.prefix + n for n in names] + [self.prefix + h for h in heads]
             owners.update(await read_many(bridge, io, oids))
 
@@ -450,6 +466,7 @@ class PoolDir(DirNode):
         return [x for x in out if x is not None]
 
     async def mkdir(self, name: str) -> Node:
+        self._not_reserved(name)
         node = await self._absent(name)
         marker = node + "/"
         io = await self.ioctx()
@@ -457,6 +474,10 @@ class PoolDir(DirNode):
         self.fs.pool_index(self.pool).add_path(marker)
         self.fs.pool_index(self.pool).markers.add(marker)
         return self.dir_node(marker)
+
+    def _not_reserved(self, name: str) -> None:
+        if not self.prefix and name in (SNAPDIR, FLAG_OBJECT):
+            raise RadosFSError(errno.EPERM, f"{name} is reserved by radosfs")
 
     async def _absent(self, name: str) -> str:
         """The object name for a new child; EEXIST if a file or directory has the name."""
@@ -500,9 +521,12 @@ class PoolDir(DirNode):
 
     async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         check_component(name)
+        self._not_reserved(name)
         oid = self.child_key(name)
         check_object_name(oid)
         io = await self.ioctx()
+        if owner != NO_OVERRIDE:
+            await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
         try:
             await self.fs.bridge.run(_create_object, io, oid, owner)
         except rados.ObjectExists:
@@ -560,12 +584,16 @@ class ObjectFile(FileNode):
         self._ioctx = ioctx
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
+        self._fresh: tuple[int, float, float] | None = None
 
     def remember(self, size: int, mtime: float, striped: StripedData | None = None,
-                 owner: Ownership | None = None) -> None:
+                 owner: Ownership | None = None, fresh: bool = False) -> None:
+        """What a lookup or listing just read; `fresh` lets the getattr that follows
+        within the same request use it instead of asking the cluster again."""
         self.mtime = mtime
         if owner is not None:
             self.owner = owner
+        self._fresh = (size, mtime, time.monotonic()) if fresh else None
         if striped is not None and self._backend is None:
             self._striped = striped
 
@@ -589,6 +617,9 @@ class ObjectFile(FileNode):
         return self._backend
 
     async def stored_attrs(self) -> tuple[int, float]:
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None and time.monotonic() - fresh[2] < FRESH_SECONDS:
+            return fresh[0], fresh[1]
         backend = await self.backend()
         async with concurrently() as nursery:
             nursery.start_soon(self._fetch_owner, backend)
@@ -596,7 +627,9 @@ class ObjectFile(FileNode):
         return size, mtime
 
     async def _fetch_owner(self, backend: ObjectBackend) -> None:
-        self.owner = await self.fs.bridge.run(read_ownership, backend.ioctx, backend.head_oid)
+        if await self.fs.has_overrides(self.pool, backend.ioctx):
+            self.owner = await self.fs.bridge.run(read_ownership, backend.ioctx,
+                                                  backend.head_oid)
 
     async def _stat(self, backend: ObjectBackend) -> tuple[int, float]:
         try:
@@ -653,6 +686,8 @@ class ObjectFile(FileNode):
 
     async def set_ownership(self, owner: Ownership) -> None:
         """chmod/chown: store the override on the object (see ownership.py)."""
+        io, _ = await self._head()
+        await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
         await self._meta_op(lambda op: op.set_xattr(ATTRS_XATTR, owner.encode()))
         self.owner = owner
 

@@ -8,8 +8,10 @@ Listings fetch it in batches (one thread call per slice of names), not one by on
 """
 from __future__ import annotations
 
+import errno
 import itertools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import rados
 import trio
@@ -18,6 +20,10 @@ from .bridge import Bridge, concurrently
 
 ATTRS_XATTR = "radosfs.attrs"
 BATCH_THREADS = 8
+# A zero-length object at the top of a pool saying "some objects here carry radosfs.attrs".
+# Without it, stat and listings skip the xattr reads (one round trip per object) entirely.
+FLAG_OBJECT = ".radosfs-attrs"
+FLAG_TTL = 1.0
 
 
 @dataclass(frozen=True)
@@ -84,3 +90,41 @@ async def read_many(bridge: Bridge, io: rados.Ioctx, oids: list[str]) -> dict[st
         for k in range(n):
             nursery.start_soon(one, list(itertools.islice(oids, k, None, n)))
     return out
+
+
+@dataclass
+class PoolFlag:
+    """Whether a pool has ownership overrides (cached briefly, set for good once seen)."""
+    present: bool = False
+    checked: float = -1e9
+    lock: trio.Lock = field(default_factory=trio.Lock)
+
+
+async def pool_has_overrides(bridge: Bridge, io: rados.Ioctx, flag: PoolFlag) -> bool:
+    if flag.present or time.monotonic() - flag.checked < FLAG_TTL:
+        return flag.present
+    async with flag.lock:
+        if not flag.present and time.monotonic() - flag.checked >= FLAG_TTL:
+            from .objects import stat_object
+            from .errors import RadosFSError
+            try:
+                await stat_object(bridge, io, FLAG_OBJECT)
+                flag.present = True
+            except RadosFSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+            flag.checked = time.monotonic()
+    return flag.present
+
+
+async def mark_pool(bridge: Bridge, io: rados.Ioctx, flag: PoolFlag) -> None:
+    """Before the first override is stored in a pool: make the flag object exist."""
+    if flag.present:
+        return
+    def create() -> None:
+        try:
+            io.write_full(FLAG_OBJECT, b"")
+        except rados.ObjectExists:
+            pass
+    await bridge.run(create)
+    flag.present = True

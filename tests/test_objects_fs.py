@@ -31,7 +31,9 @@ def rand_bytes(n: int, seed: int | None = None) -> bytes:
 
 
 def rados_ls(rados, pool: str) -> set[str]:
-    return set(rados(pool, "ls").decode().splitlines())
+    """The pool's objects, less radosfs's flag object (made when a file gets a mode other
+    than the mount's default, e.g. a copy of the 0755 /etc/hostname)."""
+    return set(rados(pool, "ls").decode().splitlines()) - {".radosfs-attrs"}
 
 
 def rados_get(rados, pool: str, oid: str, tmp_path: Path) -> bytes:
