@@ -137,6 +137,7 @@ class StripedData:
         self.name = name
         self.layout = layout
         self.stored_size = size
+        self._wanted = size
         self._size_lock = trio.Lock()
 
     @property
@@ -173,42 +174,61 @@ class StripedData:
         length = max(0, min(length, self.stored_size - offset))
         if length == 0:
             return b""
-        out = bytearray(length)
+        extents = self.layout.extents(offset, length)
+        parts: list[bytes] = [b""] * len(extents)
 
-        async def one(objectno: int, obj_off: int, n: int, file_off: int) -> None:
+        async def one(i: int, objectno: int, obj_off: int, n: int) -> None:
             try:
                 data = await read_object(self.bridge, self.io, piece_name(self.name, objectno),
                                          obj_off, n)
             except RadosFSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise
-                return  # a missing piece reads as zeros
-            at = file_off - offset
-            out[at:at + len(data)] = data
+                data = b""  # a missing piece reads as zeros
+            # A short piece (sparse file) reads as zeros up to the extent's end.
+            parts[i] = data if len(data) == n else data + bytes(n - len(data))
 
+        if len(extents) == 1:  # the usual case: one piece, no copy
+            await one(0, *extents[0][:3])
+            return parts[0]
         async with concurrently() as nursery:
-            for ext in self.layout.extents(offset, length):
-                nursery.start_soon(one, *ext)
-        return bytes(out)
+            for i, ext in enumerate(extents):
+                nursery.start_soon(one, i, *ext[:3])
+        return b"".join(parts)
 
     async def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
+        extents = self.layout.extents(offset, len(data))
+        if len(extents) == 1:  # the cache cuts runs at stripe units: no copy
+            await write_object(self.bridge, self.io, piece_name(self.name, extents[0][0]),
+                               extents[0][1], data)
+        else:
+            view = memoryview(data)
 
-        async def one(objectno: int, obj_off: int, n: int, file_off: int) -> None:
-            at = file_off - offset
-            await write_object(self.bridge, self.io, piece_name(self.name, objectno),
-                               obj_off, bytes(view[at:at + n]))
+            async def one(objectno: int, obj_off: int, n: int, file_off: int) -> None:
+                at = file_off - offset
+                await write_object(self.bridge, self.io, piece_name(self.name, objectno),
+                                   obj_off, bytes(view[at:at + n]))
 
-        async with concurrently() as nursery:
-            for ext in self.layout.extents(offset, len(data)):
-                nursery.start_soon(one, *ext)
-        await self.set_size(max(self.stored_size, offset + len(data)), grow_only=True)
+            async with concurrently() as nursery:
+                for ext in extents:
+                    nursery.start_soon(one, *ext)
+        await self.set_size(offset + len(data), grow_only=True)
 
     async def set_size(self, size: int, grow_only: bool = False) -> None:
-        """Store `striper.size`; updates are serialized so a smaller one never lands last."""
+        """Store `striper.size`; updates are serialized so a smaller one never lands last.
+
+        Growing writes that queue up behind one update are answered by the next: it
+        stores the largest size asked for so far (one setxattr, not one per write).
+        """
+        if grow_only:
+            self._wanted = max(self._wanted, size)
         async with self._size_lock:
-            if grow_only and size <= self.stored_size:
-                return
+            if grow_only:
+                if size <= self.stored_size:
+                    return
+                size = max(size, self._wanted)
+            else:
+                self._wanted = size  # a truncate: earlier growth no longer applies
             await self.bridge.aio(lambda cb: self.io.aio_setxattr(
                 self.head, XATTR_SIZE, str(size).encode(), cb))
             self.stored_size = size
