@@ -18,6 +18,11 @@ class Backend(Protocol):
     #: write-out granularity: dirty runs are cut at multiples of this (object boundaries)
     write_unit: int
 
+    def plan_writeback(self, size: int, stored_size: int) -> bool:
+        """Told the file's logical and stored size before write-back starts. False asks the
+        cache to hold back *background* write-back for now (flush and back-pressure still
+        write everything)."""
+
     async def size(self) -> int:
         """Current size as stored in the cluster."""
 

@@ -478,6 +478,9 @@ class ImageBackend:
 
     # ---- the Backend protocol ----------------------------------------------------------
 
+    def plan_writeback(self, size: int, stored_size: int) -> bool:
+        return True  # images have no layout to choose: write behind at once
+
     async def size(self) -> int:
         size = await self.call(lambda img: img.size())
         self._known_size = size

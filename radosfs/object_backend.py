@@ -34,6 +34,7 @@ class ObjectBackend:
         self._drained = trio.Event()
         self._convert_lock = trio.Lock()
         self._converting = False
+        self._size_hint = 0
 
     @property
     def write_unit(self) -> int:
@@ -77,6 +78,13 @@ class ObjectBackend:
 
     # ---- the Backend protocol --------------------------------------------------------
 
+    def plan_writeback(self, size: int, stored_size: int) -> bool:
+        """A new file still below the threshold is not written behind: if it grows past
+        it, it goes to the striped layout directly instead of being written plain and then
+        copied (a `cp` of a big file would otherwise write its first 64 MiB twice)."""
+        self._size_hint = max(size, self._size_hint) if self.striped is None else size
+        return not (self.striped is None and stored_size == 0 and size <= STRIPE_THRESHOLD)
+
     async def stat(self) -> tuple[int, float]:
         if self.striped is not None:
             return await self.striped.stat()
@@ -96,7 +104,7 @@ class ObjectBackend:
     async def write(self, offset: int, data: bytes) -> None:
         if self.read_only:
             raise RadosFSError(errno.EROFS, "snapshot")
-        if self.striped is None and offset + len(data) > STRIPE_THRESHOLD:
+        if self.striped is None and max(offset + len(data), self._size_hint) > STRIPE_THRESHOLD:
             await self._to_striped()
         if self.striped is None:
             _, done = await self._plain(write_object, offset, data)
@@ -107,6 +115,7 @@ class ObjectBackend:
     async def truncate(self, size: int) -> None:
         if self.striped is None and size > STRIPE_THRESHOLD:
             await self._to_striped()
+        self._size_hint = size
         if self.striped is None:
             async def trunc(bridge, io, name, n):
                 await bridge.run(io.trunc, name, n)
