@@ -15,7 +15,7 @@ import trio
 
 from .bridge import Bridge
 from .errors import RadosFSError
-from .objects import MAX_IO, read_object, stat_object, write_object
+from .objects import read_object, stat_object, write_object
 from .striped import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped
 
 
@@ -38,7 +38,9 @@ class ObjectBackend:
 
     @property
     def write_unit(self) -> int:
-        return self.striped.layout.stripe_unit if self.striped else MAX_IO
+        # The stripe unit either way, so runs cut while the file was plain still map to
+        # one piece each after it turns striped.
+        return self.striped.layout.stripe_unit if self.striped else Layout().stripe_unit
 
     @property
     def head_oid(self) -> str:
