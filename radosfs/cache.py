@@ -78,6 +78,9 @@ class CachedFile:
         self.error: int | None = None    # first write-back failure not yet reported
         self.version: Hashable = None
         self.writeback_running = False
+        # Counts truncations (at their start and end): a read-in that overlaps one may
+        # hold bytes from before it, which must not reappear past the cut.
+        self.resizes = 0
 
     @property
     def dirty(self) -> bool:
@@ -186,12 +189,13 @@ class PageCache:
             idx, start = divmod(pos, PAGE_SIZE)
             page = await self._loaded(f, idx)
             n = min(end - pos, PAGE_SIZE - start)
-            chunk = bytes(page.data[start:start + n])
+            with memoryview(page.data) as mv:  # one copy, not two
+                chunk = bytes(mv[start:start + n])
             if len(chunk) < n:  # a hole below the logical size reads as zeros
                 chunk += bytes(n - len(chunk))
             out.append(chunk)
             pos += n
-        return b"".join(out)
+        return out[0] if len(out) == 1 else b"".join(out)
 
     async def _loaded(self, f: CachedFile, idx: int) -> Page:
         """The page with its full content, reading it in if needed."""
@@ -228,6 +232,7 @@ class PageCache:
         assert event is not None
         page.pins += 1
         start = idx * PAGE_SIZE
+        resizes = f.resizes
         try:
             want = min(PAGE_SIZE, f.stored_size - start)
             data = await f.backend.read(start, want) if want > 0 else b""
@@ -238,9 +243,16 @@ class PageCache:
             event.set()
         if f.pages.get(idx) is not page:
             return  # dropped (truncate, unlink) while we were reading
+        if f.resizes != resizes:
+            # Truncated while we read: the bytes may be stale. Stay not valid (readers
+            # read again); a page holding nothing unwritten goes.
+            if not page.dirty and not page.pins:
+                self.total_bytes -= len(page.data)
+                del f.pages[idx]
+            return
         # Lay the bytes written meanwhile (or before) over what the cluster had.
         limit = max(0, min(PAGE_SIZE, f.size - start))
-        base = bytearray(data[:limit])
+        base = bytearray(data) if len(data) <= limit else bytearray(memoryview(data)[:limit])
         if len(base) < limit:
             base.extend(bytes(limit - len(base)))
         if page.held_hi > page.held_lo:
@@ -326,10 +338,12 @@ class PageCache:
     def _put(self, f: CachedFile, idx: int, page: Page, start: int, chunk: memoryview) -> None:
         end = start + len(chunk)
         old = len(page.data)
+        if start > old:  # a gap before the new bytes reads as zeros
+            page.data.extend(bytes(start - old))
+        # Replaces [start, end) and grows the page if needed, copying the bytes once.
+        page.data[start:min(end, max(old, start))] = chunk
         if end > old:
-            page.data.extend(bytes(end - old))
             self.total_bytes += end - old
-        page.data[start:end] = chunk
         if not page.valid:
             if page.held_hi > page.held_lo:
                 page.held_lo = min(page.held_lo, start)
@@ -411,7 +425,7 @@ class PageCache:
         parts = []
         for idx in idxs:
             page = f.pages[idx]
-            parts.append(bytes(page.data[page.dirty_lo:page.dirty_hi]))
+            parts.append(memoryview(page.data)[page.dirty_lo:page.dirty_hi])
             self.dirty_bytes -= page.dirty_hi - page.dirty_lo
             page.dirty_lo = page.dirty_hi = 0
             page.pins += 1
@@ -419,7 +433,10 @@ class PageCache:
             f.dirty_pages.discard(idx)
         f.in_transit += 1
         f.idle = trio.Event() if f.idle.is_set() else f.idle
-        return b"".join(parts)
+        data = b"".join(parts)  # the one copy, made before any await
+        for view in parts:
+            view.release()  # pages may grow again
+        return data
 
     async def _write_run(self, f: CachedFile, offset: int, idxs: list[int],
                          data: bytes) -> None:
@@ -481,7 +498,9 @@ class PageCache:
         while True:
             self._start_writeback(f, full_only=False)
             await f.idle.wait()
-            if not f.dirty_pages or f.error is not None:
+            # Not just `dirty_pages`: someone else (another flush, write-behind) may have
+            # taken them meanwhile, and they are not in the cluster until answered.
+            if not f.dirty or f.error is not None:
                 break
             if not f.in_transit and self.transit_bytes >= self.max_transit:
                 # Other files' writes hold the budget: wait for one of them.
@@ -517,7 +536,9 @@ class PageCache:
         """Resize now (write-through): drop or trim pages past the new end."""
         # Writes in flight past the new end would land after the truncate and undo it.
         await f.idle.wait()
-        await f.backend.truncate(size)
+        # So cut the pages first: a write-back started while the backend truncates (by
+        # another writer's back-pressure) must find nothing past the new end to write,
+        # and a read meanwhile nothing to cache there.
         last_idx, last_len = divmod(size, PAGE_SIZE)
         self._drop_pages(f, keep_dirty=False, from_index=last_idx + (1 if last_len else 0))
         page = f.pages.get(last_idx)
@@ -537,6 +558,12 @@ class PageCache:
                     if page.valid and not page.pins:
                         self.lru[(f.key, last_idx)] = None
                 self.dirty_bytes -= old - max(0, page.dirty_hi - page.dirty_lo)
+        f.size = size
+        f.resizes += 1
+        try:
+            await f.backend.truncate(size)
+        finally:
+            f.resizes += 1
         f.size = f.stored_size = size
         if not f.dirty:
             f.version = await f.backend.version()
