@@ -118,13 +118,17 @@ class PageCache:
 
     # ---- files ------------------------------------------------------------------------
 
-    async def open(self, backend: Backend) -> tuple[CachedFile, bool]:
-        """Get the cached file for a backend; returns (file, kernel cache still good)."""
+    async def open(self, backend: Backend, known: tuple[int, Hashable] | None = None
+                   ) -> tuple[CachedFile, bool]:
+        """Get the cached file for a backend; returns (file, kernel cache still good).
+
+        `known` is the backend's version when the caller just learnt it (a create).
+        """
         f = self.files.get(backend.key)
         if f is not None and f.dirty:
             f.opens += 1
             return f, True
-        version = await backend.version()
+        version = known or await backend.version()
         f = self.files.get(backend.key)
         if f is None:
             f = CachedFile(backend, version[0])
@@ -370,8 +374,10 @@ class PageCache:
                 raise RadosFSError(err, f"write-back to {f.key} failed")
             self._start_writeback(f, full_only=False)
             for other in list(self.files.values()):
-                if other.dirty_pages:
+                if other.dirty_pages and other.error is None:  # failing: its flush retries
                     self._start_writeback(other, full_only=False)
+            if not self.transit_bytes:
+                return  # what is left cannot go now (its write-back failed): don't wait
             await self.progress.park()
 
     def _runs(self, f: CachedFile, full_only: bool) -> list[tuple[int, list[int]]]:
@@ -469,8 +475,10 @@ class PageCache:
                         del f.pages[idx]
             f.in_transit -= 1
             # Keep the pipe full: start what waited for room (full runs only; flush and
-            # back-pressure ask for the rest themselves).
-            self._start_writeback(f, full_only=True)
+            # back-pressure ask for the rest themselves). Not after a failure: retrying at
+            # once would loop as fast as the cluster refuses; flush retries.
+            if f.error is None:
+                self._start_writeback(f, full_only=True)
             if f.in_transit == 0:
                 f.idle.set()
             self.progress.unpark_all()

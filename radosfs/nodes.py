@@ -470,7 +470,7 @@ class PoolDir(DirNode):
         node = await self._absent(name)
         marker = node + "/"
         io = await self.ioctx()
-        await self.fs.bridge.run(_create_object, io, marker, NO_OVERRIDE)
+        await create_object(self.fs, io, marker)
         self.fs.pool_index(self.pool).add_path(marker)
         self.fs.pool_index(self.pool).markers.add(marker)
         return self.dir_node(marker)
@@ -527,13 +527,18 @@ class PoolDir(DirNode):
         io = await self.ioctx()
         if owner != NO_OVERRIDE:
             await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
-        try:
-            await self.fs.bridge.run(_create_object, io, oid, owner)
-        except rados.ObjectExists:
-            pass  # raced with another creator: open what is there
-        self.fs.pool_index(self.pool).add_path(oid)
         node = self.file_node(oid)
-        node.remember(0, time.time(), owner=owner)
+        try:
+            mtime = await create_object(self.fs, io, oid, owner)
+        except RadosFSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            node.created = None  # raced with another creator: open what is there
+        else:
+            # The new object's version, so the open that follows need not ask again.
+            node.created = (0, (float(mtime), 0, False))
+            node.remember(0, float(mtime), owner=owner)
+        self.fs.pool_index(self.pool).add_path(oid)
         return node
 
     async def unlink(self, name: str) -> None:
@@ -555,20 +560,30 @@ class PoolDir(DirNode):
             return
         io = await self.ioctx()
         try:
-            await self.fs.bridge.run(_create_object, io, self.prefix, NO_OVERRIDE)
-        except rados.ObjectExists:
-            pass
+            await create_object(self.fs, io, self.prefix)
+        except RadosFSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
         idx.markers.add(self.prefix)
         idx.add_path(self.prefix)
 
 
-def _create_object(io: rados.Ioctx, oid: str, owner: Ownership = NO_OVERRIDE) -> None:
-    """Exclusive create with a real mtime (operate_write_op defaults to 1970)."""
-    def build(op: rados.WriteOp) -> None:
+async def create_object(fs: FileSystem, io: rados.Ioctx, oid: str,
+                        owner: Ownership = NO_OVERRIDE) -> int:
+    """Exclusive create (EEXIST if it exists), asynchronously; returns the mtime stored.
+
+    The mtime is always given: operate_write_op would store 1970 without one.
+    """
+    mtime = int(time.time())
+    op = io.create_write_op()
+    try:
         op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
         if owner != NO_OVERRIDE:
             op.set_xattr(ATTRS_XATTR, owner.encode())
-    operate(io, oid, build)
+        await fs.bridge.aio(lambda cb: io.operate_aio_write_op(op, oid, cb, mtime=mtime))
+    finally:
+        io.release_write_op(op)
+    return mtime
 
 
 class ObjectFile(FileNode):
@@ -585,6 +600,7 @@ class ObjectFile(FileNode):
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
         self._fresh: tuple[int, float, float] | None = None
+        self.created: tuple[int, Hashable] | None = None  # version right after create
 
     def remember(self, size: int, mtime: float, striped: StripedData | None = None,
                  owner: Ownership | None = None, fresh: bool = False) -> None:

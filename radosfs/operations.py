@@ -351,7 +351,8 @@ class Operations(pyfuse3.Operations):
         text = _name(name)
         check_component(text)
         node = await parent.create(text, self._owner_for_create(mode, ctx))
-        f, _ = await self._open_cached(node)  # type: ignore[arg-type]
+        known, node.created = getattr(node, "created", None), None
+        f, _ = await self.fs.cache.open(await node.backend(), known)  # type: ignore[union-attr]
         fh = self._fh()
         self.handles[fh] = Handle(node, f, True)  # type: ignore[arg-type]
         return pyfuse3.FileInfo(fh=fh, keep_cache=False), await node.attributes()
