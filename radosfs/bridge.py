@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable, TypeVar
 
@@ -31,6 +32,8 @@ T = TypeVar("T")
 # Below librados' objecter limits (1024 ops, 100 MiB), leaving room for the threads.
 MAX_OPS_IN_FLIGHT = 512
 MAX_BYTES_IN_FLIGHT = 64 << 20
+# Small calls submitted together by aio_many (listings): well below objecter_inflight_ops.
+MAX_BATCH = 256
 
 
 class Throttle:
@@ -49,15 +52,15 @@ class Throttle:
         # One request larger than the byte budget may still go alone.
         return self.bytes == 0 or self.bytes + nbytes <= self.max_bytes
 
-    async def acquire(self, nbytes: int) -> None:
+    async def acquire(self, nbytes: int, ops: int = 1) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._fits(nbytes):
             await self._lot.park()
-        self.ops += 1
+        self.ops += ops
         self.bytes += nbytes
 
-    def release(self, nbytes: int) -> None:
-        self.ops -= 1
+    def release(self, nbytes: int, ops: int = 1) -> None:
+        self.ops -= ops
         self.bytes -= nbytes
         self._lot.unpark_all()
 
@@ -113,12 +116,73 @@ class Bridge:
             self.stats["errors"] += 1
             raise
         await done.wait()
-        rv, rest = box[0]
+        return self._result(*box[0])
+
+    def _result(self, rv: Any, rest: tuple) -> tuple:
         if isinstance(rv, int) and rv < 0:
             if rv != -errno.ENOENT:  # lookups of names that don't exist are normal
                 self.stats["errors"] += 1
             raise RadosFSError(-rv, f"librados returned {-rv}")
         return rest
+
+    async def aio_many(self, submits: list[Callable[[Callable[..., None]], Any]]
+                       ) -> list[tuple | BaseException]:
+        """Many small asynchronous calls (e.g. a listing's stats) with one wake-up.
+
+        The completions count down on librados' threads and only the last one hands
+        control back to the loop: no trio task or event per call. Each result is the
+        extra callback arguments, or the RadosFSError the call failed with.
+        """
+        results: list[Any] = []
+        for start in range(0, len(submits), MAX_BATCH):
+            results.extend(await self._aio_batch(submits[start:start + MAX_BATCH]))
+        return results
+
+    async def _aio_batch(self, submits: list[Callable[[Callable[..., None]], Any]]) -> list:
+        n = len(submits)
+        if not n:
+            return []
+        await self.throttle.acquire(0, ops=n)
+        raw: list[Any] = [None] * n
+        left = [n]
+        lock = threading.Lock()
+        done = trio.Event()
+
+        def finish() -> None:
+            self.throttle.release(0, ops=n)
+            done.set()
+
+        def count_down(k: int) -> None:
+            with lock:
+                left[0] -= k
+                last = left[0] == 0
+            if last:
+                self.token.run_sync_soon(finish)
+
+        def make_cb(i: int) -> Callable[..., None]:
+            def oncomplete(comp: Any, *rest: Any) -> None:
+                raw[i] = (comp.get_return_value(), rest)
+                count_down(1)
+            return oncomplete
+
+        self.stats["aio_ops"] += n
+        for i, submit in enumerate(submits):
+            try:
+                submit(make_cb(i))
+            except Exception as exc:  # noqa: BLE001 -- reported as that call's result
+                raw[i] = exc
+                count_down(1)
+        await done.wait()
+        out: list[tuple | BaseException] = []
+        for item in raw:
+            if isinstance(item, BaseException):
+                out.append(item)
+                continue
+            try:
+                out.append(self._result(*item))
+            except RadosFSError as exc:
+                out.append(exc)
+        return out
 
 
 def first_error(exc: BaseException) -> BaseException:

@@ -24,7 +24,7 @@ import trio
 from .bridge import concurrently
 from .errors import RadosFSError, errno_of
 from .object_backend import ObjectBackend
-from .objects import MAX_IO, operate, stat_object
+from .objects import MAX_IO, operate, stat_object, struct_to_epoch
 from .ownership import (ATTRS_XATTR, FLAG_OBJECT, NO_OVERRIDE, Ownership, PoolFlag, mark_pool,
                         pool_has_overrides, read_many, read_ownership)
 from .striped import INTERNAL_XATTRS, StripedData, piece_name, read_head, split_piece
@@ -418,6 +418,23 @@ class PoolDir(DirNode):
             oids = [self.prefix + n for n in names] + [self.prefix + h for h in heads]
             owners.update(await read_many(bridge, io, oids))
 
+        async def plain_all() -> None:
+            oids = [self.prefix + name for name in names]
+            stats = await bridge.aio_many([
+                (lambda cb, o=o: io.aio_stat(o, cb)) for o in oids])
+            await owners_done.wait()
+            for i, (name, oid, res) in enumerate(zip(names, oids, stats)):
+                if isinstance(res, BaseException):
+                    if errno_of(res) == errno.ENOENT:
+                        continue  # deleted after a snapshot, or just now: not listed
+                    raise res
+                if res[0] is None:
+                    continue
+                size, mtime = res[0], struct_to_epoch(res[1])
+                node = self.file_node(oid)
+                node.remember(size, mtime, owner=owners.get(oid, NO_OVERRIDE))
+                out[i] = (name, node, await node.attributes_from(size, mtime))
+
         async def plain(i: int, name: str) -> None:
             node = self.file_node(self.prefix + name)
             try:
@@ -459,8 +476,7 @@ class PoolDir(DirNode):
 
         async with concurrently() as n:
             n.start_soon(owners_task)
-            for i, name in enumerate(names):
-                n.start_soon(plain, i, name)
+            n.start_soon(plain_all)
             for i, name in enumerate(heads, len(names)):
                 n.start_soon(striped, i, name)
         return [x for x in out if x is not None]
