@@ -66,7 +66,14 @@ class PoolSnapRoot(DirNode):
 
     async def _snaps(self) -> list:
         io = await self.fs.conn.ioctx(self.pool)
-        return await self.fs.bridge.run(lambda: list(io.list_snaps()))
+
+        def fresh_list() -> list:
+            # Pool snapshots live in the osdmap, and our copy can be seconds behind the
+            # monitors (`rados mksnap` elsewhere): fetch the latest before listing.
+            self.fs.conn.handle.wait_for_latest_osdmap()
+            return list(io.list_snaps())
+
+        return await self.fs.bridge.run(fresh_list)
 
     def _snap_node(self, snap) -> PoolSnapshot:
         return self.fs.table.get(("snapdir", self.pool, snap.name, ""),
