@@ -419,6 +419,9 @@ class PageCache:
     def _start_writeback(self, f: CachedFile, full_only: bool) -> None:
         if self.nursery is None or not f.dirty_pages:
             return
+        # The backend may ask to hold back write-behind (not flush or back-pressure).
+        if not f.backend.plan_writeback(f.size, f.stored_size) and full_only:
+            return
         for offset, idxs in self._runs(f, full_only):
             if self.transit_bytes >= self.max_transit:
                 break  # the rest goes when a write in flight is answered
@@ -543,7 +546,9 @@ class PageCache:
     async def truncate(self, f: CachedFile, size: int) -> None:
         """Resize now (write-through): drop or trim pages past the new end."""
         # Writes in flight past the new end would land after the truncate and undo it.
-        await f.idle.wait()
+        # (A loop: whoever else was waiting for idle may have started another meanwhile.)
+        while f.in_transit:
+            await f.idle.wait()
         # So cut the pages first: a write-back started while the backend truncates (by
         # another writer's back-pressure) must find nothing past the new end to write,
         # and a read meanwhile nothing to cache there.
