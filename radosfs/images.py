@@ -57,6 +57,7 @@ import trio
 
 from .bridge import Bridge, concurrently
 from .errors import RadosFSError, errno_of
+from .objects import MAX_IO, read_in_pieces
 from .nodes import SNAPDIR, DirNode, FileNode, Node, check_component, valid_path_name
 
 if TYPE_CHECKING:
@@ -64,7 +65,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_IO = 8 << 20                 # largest single aio_read/aio_write we submit
 DEFAULT_OBJECT_SIZE = 4 << 20    # write_unit until the image is open (order 22)
 IDLE_CLOSE = 5.0                 # seconds an image with no open handle stays open
 STAT_BATCH = 256                 # images stat'ed concurrently per readdir batch
@@ -487,16 +487,7 @@ class ImageBackend:
         return size
 
     async def read(self, offset: int, length: int) -> bytes:
-        parts: list[bytes] = []
-        while length > 0:
-            n = min(length, MAX_IO)
-            data = await self._read_once(offset, n)
-            parts.append(data)
-            if len(data) < n:
-                break
-            offset += n
-            length -= n
-        return b"".join(parts)
+        return await read_in_pieces(self._read_once, offset, length)
 
     async def _read_once(self, offset: int, n: int) -> bytes:
         for _ in range(3):
@@ -525,7 +516,7 @@ class ImageBackend:
         view = memoryview(data)
         pos = 0
         while pos < len(data):
-            chunk = bytes(view[pos:pos + MAX_IO])
+            chunk = data if len(data) <= MAX_IO else bytes(view[pos:pos + MAX_IO])
             # librbd keeps a pointer into `chunk` until the write completes (zero-copy
             # without rbd_cache): never abandon the wait, and hold the buffer until then.
             with trio.CancelScope(shield=True):
@@ -864,15 +855,8 @@ class ImagePool(DirNode):
         node = await self.lookup(old)
         if old == new:
             return
-        try:
-            target = await self.lookup(new)
-        except RadosFSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            target = None
+        target = await self.rename_target(new, flags)
         if target is not None:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise RadosFSError(errno.EEXIST, f"{self.pool}/{new} exists")
             await target.remove()  # type: ignore[attr-defined]
             self.fs.table.drop(target.key)
         ctx = await self.ctx()

@@ -106,6 +106,26 @@ class DirNode(Node):
     async def lookup(self, name: str) -> Node:
         raise RadosFSError(errno.ENOENT, name)
 
+    async def find(self, name: str) -> Node | None:
+        """lookup, with None for a name that does not exist."""
+        try:
+            return await self.lookup(name)
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return None
+
+    async def rename_target(self, name: str, flags: int) -> Node | None:
+        """What a rename to `name` would replace: None, or the existing file (EEXIST with
+        RENAME_NOREPLACE, EISDIR for a directory)."""
+        target = await self.find(name)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise RadosFSError(errno.EEXIST, f"{name} exists")
+            if target.is_dir:
+                raise RadosFSError(errno.EISDIR, f"{name} is a directory")
+        return target
+
     def entries(self) -> AsyncIterator[list[tuple[str, Node, pyfuse3.EntryAttributes]]]:
         """Yield the listing in batches, so `ls` of a big pool starts answering at once."""
         raise NotImplementedError

@@ -32,11 +32,21 @@ async def stat_object(bridge: Bridge, ioctx: rados.Ioctx, name: str) -> tuple[in
 async def read_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: int,
                       length: int) -> bytes:
     """Read [offset, offset+length) in pieces of at most MAX_IO; short at end of object."""
+    async def once(o: int, n: int) -> bytes:
+        (data,) = await bridge.aio(lambda cb: ioctx.aio_read(name, n, o, cb), n)
+        return data or b""
+    return await read_in_pieces(once, offset, length)
+
+
+async def read_in_pieces(read_once, offset: int, length: int) -> bytes:
+    """Split a read into requests of at most MAX_IO (under osd_max_write_size and the
+    in-flight budget); stop at the first short piece (end of object or image)."""
+    if length <= MAX_IO:
+        return await read_once(offset, length) if length > 0 else b""
     parts = []
     while length > 0:
         n = min(length, MAX_IO)
-        (data,) = await bridge.aio(lambda cb, o=offset, n=n: ioctx.aio_read(name, n, o, cb), n)
-        data = data or b""
+        data = await read_once(offset, n)
         parts.append(data)
         if len(data) < n:
             break

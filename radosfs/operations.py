@@ -287,17 +287,7 @@ class Operations(pyfuse3.Operations):
             # mv falls back to copy + remove on EXDEV, which is what we would do anyway.
             raise RadosFSError(errno.EXDEV, "rename of directories or across pools: "
                                             "copy and remove instead")
-        try:
-            target = await new_parent.lookup(new_name)
-        except RadosFSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
-            target = None
-        if target is not None:
-            if flags & pyfuse3.RENAME_NOREPLACE:
-                raise RadosFSError(errno.EEXIST, "target exists")
-            if target.is_dir:
-                raise RadosFSError(errno.EISDIR, "target is a directory")
+        target = await new_parent.rename_target(new_name, flags)
         assert isinstance(node, ObjectFile)
         f = self.fs.cache.get(node.backend_key)
         if f is not None and f.dirty:
