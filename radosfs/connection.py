@@ -98,11 +98,6 @@ class Connection:
             io = self._ioctx.setdefault(key, io)
         return io
 
-    def forget_snap(self, pool: str, snap: str) -> None:
-        io = self._ioctx.pop(f"{pool}@{snap}", None)
-        if io is not None:
-            io.close()
-
     def forget_pool(self, pool: str) -> None:
         io = self._ioctx.pop(pool, None)
         if io is not None:
@@ -116,7 +111,13 @@ class Connection:
 
     async def pool_applications(self, pool: str) -> list[str]:
         io = await self.ioctx(pool)
-        return await self.bridge.run(io.application_list)
+        # None (not a list) once the pool is gone from our osdmap.
+        return await self.bridge.run(io.application_list) or []
+
+    async def latest_osdmap(self) -> None:
+        """Pools and pool snapshots live in the osdmap, and our copy can be seconds behind
+        the monitors (changes made by other clients): fetch the latest."""
+        await self.bridge.run(self.handle.wait_for_latest_osdmap)
 
     async def create_pool(self, pool: str, application: str = "radosfs") -> None:
         await self.bridge.run(self.handle.create_pool, pool)

@@ -336,14 +336,18 @@ class ImageBackend:
                  snapshot: str | None = None, *, probe: HeaderProbe | None = None,
                  spawn: Callable[[], trio.Nursery | None] | None = None,
                  busy: Callable[[], bool] | None = None, idle_close: float = IDLE_CLOSE,
-                 name: str = "") -> None:
+                 name: str = "", snap_id: int | None = None) -> None:
         self.bridge = bridge
         self.ioctx = ioctx
         self.pool = pool
         self.image_id = image_id
         self.snapshot = snapshot
         self.name = name or image_id
-        self.key: Hashable = ("rbd", pool, image_id, snapshot)
+        # A snapshot view is keyed by the snapshot's id too: one removed and made again
+        # under the same name is other data, never served from the old one's pages.
+        self.key: Hashable = ("rbd", pool, image_id, snapshot) + (
+            (snap_id,) if snapshot is not None else ())
+        self.expected_snap_id = snap_id
         self.read_only = snapshot is not None
         self._probe = probe
         self._spawn = spawn
@@ -378,6 +382,9 @@ class ImageBackend:
             if self.snapshot is not None:
                 snap_id = next((s["id"] for s in img.list_snaps()
                                 if s["name"] == self.snapshot), None)
+                if self.expected_snap_id is not None and snap_id != self.expected_snap_id:
+                    raise RadosFSError(errno.ENOENT, f"snapshot {self.snapshot} of "
+                                       f"{self.name} was removed (and made again)")
             return img, st, snap_id
         except BaseException:
             img.close()
@@ -633,22 +640,26 @@ class ImageFile(FileNode):
     """
 
     def __init__(self, fs: FileSystem, pool: str, name: str, image_id: str,
-                 snapshot: str | None = None) -> None:
-        super().__init__(fs, ImageFile.key_for(pool, name, snapshot))
+                 snapshot: str | None = None, snap_id: int | None = None) -> None:
+        super().__init__(fs, ImageFile.key_for(pool, name, snapshot, snap_id))
         self.pool = pool
         self.name = name
         self.image_id = image_id
         self.snapshot = snapshot
+        self.snap_id = snap_id
         self.read_only = snapshot is not None
 
     @staticmethod
-    def key_for(pool: str, name: str, snapshot: str | None = None) -> tuple:
-        return ("image", pool, name) if snapshot is None else ("image", pool, name, snapshot)
+    def key_for(pool: str, name: str, snapshot: str | None = None,
+                snap_id: int | None = None) -> tuple:
+        return ("image", pool, name) if snapshot is None \
+            else ("image", pool, name, snapshot, snap_id)
 
     @property
     def backend_key(self) -> Hashable:
         # By image id: a rename does not move the cached pages or the open image.
-        return ("rbd", self.pool, self.image_id, self.snapshot)
+        return ("rbd", self.pool, self.image_id, self.snapshot) + (
+            (self.snap_id,) if self.snapshot is not None else ())
 
     def _busy(self) -> bool:
         f = self.fs.cache.get(self.backend_key)
@@ -664,7 +675,7 @@ class ImageFile(FileNode):
                 b = st.backends[self.backend_key] = ImageBackend(
                     self.fs.bridge, ctx.ioctx, self.pool, self.image_id, self.snapshot,
                     probe=ctx.probe, spawn=lambda: self.fs.cache.nursery, busy=self._busy,
-                    name=self.name)
+                    name=self.name, snap_id=self.snap_id)
         return b
 
     async def stored_attrs(self) -> tuple[int, float]:

@@ -191,7 +191,9 @@ class RootNode(DirNode):
 
     async def lookup(self, name: str) -> Node:
         if not await self.fs.conn.pool_exists(name):
-            raise RadosFSError(errno.ENOENT, f"no pool {name}")
+            await self.fs.conn.latest_osdmap()  # made by another client just now?
+            if not await self.fs.conn.pool_exists(name):
+                raise RadosFSError(errno.ENOENT, f"no pool {name}")
         from .images import image_pool_node  # images imports this module
         node = await image_pool_node(self.fs, name)
         if node is not None:
@@ -199,6 +201,7 @@ class RootNode(DirNode):
         return self.fs.table.get(("pool", name, ""), lambda: PoolDir(self.fs, name, ""))
 
     async def entries(self):
+        await self.fs.conn.latest_osdmap()  # pools made or removed elsewhere just now
         pools = await self.fs.conn.list_pools()
         batch = []
         from .images import image_pool_node  # images imports this module

@@ -56,6 +56,11 @@ async def pool_is_selfmanaged(fs: FileSystem, pool: str) -> bool:
     return False
 
 
+def snap_ident(snap) -> str:
+    """A pool snapshot's identity inside the mount: its name and id."""
+    return f"{snap.name}@{snap.snap_id}"
+
+
 class PoolSnapRoot(DirNode):
     """`.snap` of an object pool: one directory per RADOS pool snapshot."""
     is_snap_root = True
@@ -67,25 +72,25 @@ class PoolSnapRoot(DirNode):
     async def _snaps(self) -> list:
         io = await self.fs.conn.ioctx(self.pool)
 
-        def fresh_list() -> list:
-            # Pool snapshots live in the osdmap, and our copy can be seconds behind the
-            # monitors (`rados mksnap` elsewhere): fetch the latest before listing.
-            self.fs.conn.handle.wait_for_latest_osdmap()
-            return list(io.list_snaps())
-
-        return await self.fs.bridge.run(fresh_list)
+        await self.fs.conn.latest_osdmap()  # `rados mksnap` elsewhere just now
+        return await self.fs.bridge.run(lambda: list(io.list_snaps()))
 
     def _snap_node(self, snap) -> PoolSnapshot:
-        return self.fs.table.get(("snapdir", self.pool, snap.name, ""),
+        # Keyed by name *and* id: a snapshot removed and made again under the same name is
+        # a different tree (new nodes, new ioctx, nothing cached from the old one).
+        return self.fs.table.get(("snapdir", self.pool, snap_ident(snap), ""),
                                  lambda: PoolSnapshot(self.fs, self.pool, snap))
 
-    async def lookup(self, name: str) -> Node:
+    async def _find(self, name: str):
         for snap in await self._snaps():
             if snap.name == name:
-                node = self._snap_node(snap)
-                await node.open_ioctx()
-                return node
+                return snap
         raise RadosFSError(errno.ENOENT, f"no snapshot {name} of pool {self.pool}")
+
+    async def lookup(self, name: str) -> Node:
+        node = self._snap_node(await self._find(name))
+        await node.open_ioctx()
+        return node
 
     async def entries(self):
         batch = []
@@ -114,10 +119,12 @@ class PoolSnapRoot(DirNode):
 
     async def rmdir(self, name: str) -> None:
         io = await self.fs.conn.ioctx(self.pool)
-        await self.lookup(name)
+        snap = await self._find(name)
         await self.fs.bridge.run(io.remove_snap, name)
-        self.fs.table.drop_prefix(("snapdir", self.pool, name))
-        self.fs.conn.forget_snap(self.pool, name)
+        # The ioctx reading at it stays open: files of the snapshot may still be open,
+        # and they now get ENOENT from the cluster instead of a closed handle.
+        self.fs.table.drop_prefix(("snapdir", self.pool, snap_ident(snap)))
+        self.fs.table.drop_prefix(("obj", self.pool, snap_ident(snap)))
         log.info("removed pool snapshot %s of %s", name, self.pool)
 
     async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
@@ -131,7 +138,7 @@ class PoolSnapshot(PoolDir):
     """The root of one pool snapshot: the pool as it was, read-only."""
 
     def __init__(self, fs: FileSystem, pool: str, snap) -> None:
-        super().__init__(fs, pool, "", snap.name, None)
+        super().__init__(fs, pool, "", snap_ident(snap), None)
         self.snap_id = snap.snap_id
         self.stamp = snap.get_timestamp()
         self.virtual_xattrs = {BTIME_XATTR: btime(self.stamp)}
@@ -174,13 +181,13 @@ class ImageSnapRoot(DirNode):
         from .images import pool_context
         return (await pool_context(self.fs, self.pool)).ioctx
 
-    async def snapshots(self) -> dict[str, list[tuple[str, str, object]]]:
+    async def snapshots(self) -> dict[str, list[tuple[str, str, object, int]]]:
         """{snapshot name: [(image name, image id, timestamp), ...]} over the pool."""
         import rbd
         io = await self._ioctx()
 
-        def scan() -> dict[str, list[tuple[str, str, object]]]:
-            out: dict[str, list[tuple[str, str, object]]] = {}
+        def scan() -> dict[str, list[tuple[str, str, object, int]]]:
+            out: dict[str, list[tuple[str, str, object, int]]] = {}
             for img in rbd.RBD().list2(io):
                 try:
                     image = rbd.Image(io, img["name"], read_only=True)
@@ -189,7 +196,8 @@ class ImageSnapRoot(DirNode):
                 try:
                     for s in image.list_snaps():
                         out.setdefault(s["name"], []).append(
-                            (img["name"], img["id"], image.get_snap_timestamp(s["id"])))
+                            (img["name"], img["id"], image.get_snap_timestamp(s["id"]),
+                             s["id"]))
                 finally:
                     image.close()
             return out
@@ -252,7 +260,19 @@ class ImageSnapRoot(DirNode):
         io = await self._ioctx()
 
         def remove() -> None:
-            for image_name, _, _ in members:
+            # Check every image first: a refusal must not leave the snapshot half removed.
+            for image_name, _, _, _ in members:
+                try:
+                    image = rbd.Image(io, image_name, read_only=True)
+                except rbd.ImageNotFound:
+                    continue
+                try:
+                    if image.is_protected_snap(name):
+                        raise RadosFSError(errno.EBUSY, f"snapshot {image_name}@{name} is "
+                                           f"protected: unprotect it first")
+                finally:
+                    image.close()
+            for image_name, _, _, _ in members:
                 try:
                     image = rbd.Image(io, image_name)
                 except rbd.ImageNotFound:
@@ -286,20 +306,20 @@ class ImageSnapshot(DirNode):
         super().__init__(fs, ("snapdir", pool, name, ""))
         self.pool = pool
         self.snap = name
-        self.members: list[tuple[str, str, object]] = []
+        self.members: list[tuple[str, str, object, int]] = []
         self.virtual_xattrs: dict[str, bytes] = {}
 
-    def update(self, members: list[tuple[str, str, object]]) -> None:
+    def update(self, members: list[tuple[str, str, object, int]]) -> None:
         self.members = members
         first = min(m[2] for m in members)
         self.stamp = first
         self.virtual_xattrs = {BTIME_XATTR: btime(first)}
 
-    def _file(self, name: str, image_id: str) -> Node:
+    def _file(self, name: str, image_id: str, snap_id: int) -> Node:
         from .images import ImageFile
-        return self.fs.table.get(ImageFile.key_for(self.pool, name, self.snap),
+        return self.fs.table.get(ImageFile.key_for(self.pool, name, self.snap, snap_id),
                                  lambda: ImageFile(self.fs, self.pool, name, image_id,
-                                                   snapshot=self.snap))
+                                                   snapshot=self.snap, snap_id=snap_id))
 
     async def attributes(self):
         a = await super().attributes()
@@ -308,15 +328,15 @@ class ImageSnapshot(DirNode):
         return a
 
     async def lookup(self, name: str) -> Node:
-        for image_name, image_id, _ in self.members:
+        for image_name, image_id, _, snap_id in self.members:
             if image_name == name:
-                return self._file(name, image_id)
+                return self._file(name, image_id, snap_id)
         raise RadosFSError(errno.ENOENT, f"{self.pool}@{self.snap}/{name}")
 
     async def entries(self):
         batch = []
-        for image_name, image_id, _ in sorted(self.members):
-            node = self._file(image_name, image_id)
+        for image_name, image_id, _, snap_id in sorted(self.members):
+            node = self._file(image_name, image_id, snap_id)
             batch.append((image_name, node, await node.attributes()))
         yield batch
 
