@@ -252,6 +252,8 @@ class PoolIndex:
     def __init__(self) -> None:
         self.dirs: set[str] = set()
         self.markers: set[str] = set()   # directory marker objects known to exist
+        self.has_snaps = False           # the pool has pool snapshots (see may_list_ghosts)
+        self.snaps_checked = -1e9
         self.stamp = 0.0
         self.ttl = INDEX_MIN_TTL
         self.lock = trio.Lock()
@@ -304,15 +306,18 @@ class PoolDir(DirNode):
                 io = await self.ioctx()
                 started = time.monotonic()
 
-                def scan() -> set[str]:
-                    dirs: set[str] = set()
-                    for obj in io.list_objects():
-                        parts = obj.key.split("/")
-                        for i in range(1, len(parts)):
-                            dirs.add("/".join(parts[:i]) + "/")
-                    return dirs
+                def scan() -> list[str]:
+                    return [o.key for o in io.list_objects() if "/" in o.key]
 
-                idx.dirs = await self.fs.bridge.run(scan)
+                names = await self.fs.bridge.run(scan)
+                if await self.may_list_ghosts():
+                    names = list(await self.existing(io, names))
+                dirs: set[str] = set()
+                for name in names:
+                    parts = name.split("/")
+                    for i in range(1, len(parts)):
+                        dirs.add("/".join(parts[:i]) + "/")
+                idx.dirs = dirs
                 took = time.monotonic() - started
                 idx.stamp = time.monotonic()
                 idx.ttl = max(INDEX_MIN_TTL, 20 * took)
@@ -383,6 +388,8 @@ class PoolDir(DirNode):
         idx = self.fs.pool_index(self.pool, self.snap)
         all_dirs: set[str] = set()
         plen = len(self.prefix)
+        ghosts = await self.may_list_ghosts()
+        members: dict[str, list[str]] = {}  # with ghosts: unconfirmed dir -> names in it
         while True:
             chunk = await bridge.run(lambda: [o.key for o in itertools.islice(it, LIST_CHUNK)])
             if not chunk:
@@ -405,9 +412,13 @@ class PoolDir(DirNode):
                     continue  # hidden: the snapshot directory, the ownership flag
                 first, slash, _ = rest.partition("/")
                 if slash:
-                    if first not in seen_dirs:
-                        seen_dirs.add(first)
-                        dirs.append(first)
+                    if first in seen_dirs:
+                        continue
+                    if ghosts:  # shown once one object under it really exists
+                        members.setdefault(first, []).append(oid)
+                        continue
+                    seen_dirs.add(first)
+                    dirs.append(first)
                     continue
                 piece = split_piece(rest)
                 if piece is None:
@@ -415,6 +426,15 @@ class PoolDir(DirNode):
                 elif piece[1] == 0:
                     heads.append(rest)
                 # other pieces of a striped set are never shown on their own
+            if members:
+                found = await self.existing(io, [o for names in members.values()
+                                                 for o in names])
+                for first in [f for f, names in members.items() if found & set(names)]:
+                    seen_dirs.add(first)
+                    dirs.append(first)
+                    del members[first]
+                for names in members.values():
+                    names.clear()
             batch = []
             for first in dirs:
                 node = self.dir_node(self.prefix + first + "/")
@@ -422,8 +442,38 @@ class PoolDir(DirNode):
             batch.extend(await self._stat_files(io, files, heads))
             if batch:
                 yield batch
-        idx.dirs = all_dirs
-        idx.stamp = time.monotonic()
+        if not ghosts:
+            idx.dirs = all_dirs
+            idx.stamp = time.monotonic()
+
+    async def may_list_ghosts(self) -> bool:
+        """Whether the pool listing may name objects that do not exist here.
+
+        A listing is always of HEAD (librados ignores the read snapshot), and once a pool
+        has pool snapshots, HEAD keeps the names of objects deleted after one (their
+        clones survive; they stat as ENOENT). Then every name must be checked by stat.
+        """
+        if self.snap is not None:
+            return True
+        idx = self.fs.pool_index(self.pool)
+        if time.monotonic() - idx.snaps_checked > INDEX_MIN_TTL:
+            io = await self.ioctx()
+            idx.has_snaps = bool(await self.fs.bridge.run(lambda: list(io.list_snaps())))
+            idx.snaps_checked = time.monotonic()
+        return idx.has_snaps
+
+    async def existing(self, io: rados.Ioctx, oids: list[str]) -> set[str]:
+        """Those of `oids` that exist (at this view's snapshot), stat'ed in one batch."""
+        results = await self.fs.bridge.aio_many([(lambda cb, o=o: io.aio_stat(o, cb))
+                                                 for o in oids])
+        found = set()
+        for oid, res in zip(oids, results):
+            if isinstance(res, BaseException):
+                if errno_of(res) != errno.ENOENT:
+                    raise res
+            elif res[0] is not None:
+                found.add(oid)
+        return found
 
     async def _stat_files(self, io: rados.Ioctx, names: list[str], heads: list[str]):
         """Stat a batch of objects concurrently (not one by one): `ls -l` of a big pool.
@@ -543,10 +593,14 @@ class PoolDir(DirNode):
         if not node.is_dir:
             raise RadosFSError(errno.ENOTDIR, f"{self.pool}/{prefix} is a file")
 
-        def has_children() -> bool:
-            return any(o.key.startswith(prefix) and o.key != prefix for o in io.list_objects())
+        def children() -> list[str]:
+            return [o.key for o in io.list_objects()
+                    if o.key.startswith(prefix) and o.key != prefix]
 
-        if await self.fs.bridge.run(has_children):
+        names = await self.fs.bridge.run(children)
+        if names and await self.may_list_ghosts():
+            names = list(await self.existing(io, names))
+        if names:
             raise RadosFSError(errno.ENOTEMPTY, f"{self.pool}/{prefix} is not empty")
         try:
             await self.fs.bridge.aio(lambda cb: io.aio_remove(prefix, cb))

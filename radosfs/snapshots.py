@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import rados
@@ -114,6 +115,8 @@ class PoolSnapRoot(DirNode):
                 raise RadosFSError(errno.EINVAL, f"pool {self.pool} uses self-managed (RBD) "
                                    f"snapshots; the cluster refuses pool snapshots in it")
             raise
+        idx = self.fs.pool_index(self.pool)
+        idx.has_snaps, idx.snaps_checked = True, time.monotonic()  # listings must stat now
         log.info("took pool snapshot %s of %s", name, self.pool)
         return await self.lookup(name)
 
@@ -125,6 +128,7 @@ class PoolSnapRoot(DirNode):
         # and they now get ENOENT from the cluster instead of a closed handle.
         self.fs.table.drop_prefix(("snapdir", self.pool, snap_ident(snap)))
         self.fs.table.drop_prefix(("obj", self.pool, snap_ident(snap)))
+        self.fs.pool_index(self.pool).snaps_checked = -1e9
         log.info("removed pool snapshot %s of %s", name, self.pool)
 
     async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
