@@ -44,7 +44,7 @@ class Page:
                  "held_lo", "held_hi", "writing")
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        self.data: bytes | bytearray = bytearray()  # bytes while clean as read in
         self.valid = False
         self.dirty_lo = 0
         self.dirty_hi = 0
@@ -193,8 +193,12 @@ class PageCache:
             idx, start = divmod(pos, PAGE_SIZE)
             page = await self._loaded(f, idx)
             n = min(end - pos, PAGE_SIZE - start)
-            with memoryview(page.data) as mv:  # one copy, not two
-                chunk = bytes(mv[start:start + n])
+            data = page.data
+            if start == 0 and n == len(data) and isinstance(data, bytes):
+                chunk = data  # a whole clean page, as the cluster gave it: no copy
+            else:
+                with memoryview(data) as mv:  # one copy, not two
+                    chunk = bytes(mv[start:start + n])
             if len(chunk) < n:  # a hole below the logical size reads as zeros
                 chunk += bytes(n - len(chunk))
             out.append(chunk)
@@ -256,11 +260,16 @@ class PageCache:
             return
         # Lay the bytes written meanwhile (or before) over what the cluster had.
         limit = max(0, min(PAGE_SIZE, f.size - start))
-        base = bytearray(data) if len(data) <= limit else bytearray(memoryview(data)[:limit])
-        if len(base) < limit:
-            base.extend(bytes(limit - len(base)))
-        if page.held_hi > page.held_lo:
-            base[page.held_lo:page.held_hi] = page.data[page.held_lo:page.held_hi]
+        base: bytes | bytearray
+        if len(data) == limit and page.held_hi <= page.held_lo:
+            base = data  # kept as the immutable bytes librados gave (copied on write)
+        else:
+            base = bytearray(data) if len(data) <= limit \
+                else bytearray(memoryview(data)[:limit])
+            if len(base) < limit:
+                base.extend(bytes(limit - len(base)))
+            if page.held_hi > page.held_lo:
+                base[page.held_lo:page.held_hi] = page.data[page.held_lo:page.held_hi]
         self.total_bytes += len(base) - len(page.data)
         page.data = base
         page.valid = True
@@ -341,6 +350,8 @@ class PageCache:
 
     def _put(self, f: CachedFile, idx: int, page: Page, start: int, chunk: memoryview) -> None:
         end = start + len(chunk)
+        if not isinstance(page.data, bytearray):
+            page.data = bytearray(page.data)  # a clean page read in as bytes: copy on write
         old = len(page.data)
         if start > old:  # a gap before the new bytes reads as zeros
             page.data.extend(bytes(start - old))
@@ -558,7 +569,7 @@ class PageCache:
         if page is not None and last_len:
             if len(page.data) > last_len:
                 self.total_bytes -= len(page.data) - last_len
-                del page.data[last_len:]
+                page.data = page.data[:last_len]
             page.held_hi = min(page.held_hi, last_len)
             if page.held_hi <= page.held_lo:
                 page.held_lo = page.held_hi = 0
