@@ -327,6 +327,12 @@ class PageCache:
             idx, start = divmod(offset + pos, PAGE_SIZE)
             n = min(n_total - pos, PAGE_SIZE - start)
             page = f.pages.get(idx)
+            if n == PAGE_SIZE and (page is None or (not page.pins and not page.dirty
+                                                    and page.loading is None)):
+                # A whole page (cp, dd: 1 MiB writes): keep the bytes as they came.
+                self._replace(f, idx, page, data if n == n_total else bytes(view[pos:pos + n]))
+                pos += n
+                continue
             if page is None:
                 page = f.pages[idx] = Page()
                 if idx * PAGE_SIZE >= f.stored_size:
@@ -347,6 +353,19 @@ class PageCache:
         if self.dirty_bytes > self.dirty_limit:
             await self._throttle_writer(f)
         return n_total
+
+    def _replace(self, f: CachedFile, idx: int, page: Page | None, data: bytes) -> None:
+        """A write of a whole page over a page that is absent or clean and idle."""
+        if page is None:
+            page = f.pages[idx] = Page()
+        self.total_bytes += len(data) - len(page.data)
+        page.data = data
+        page.valid = True
+        page.held_lo = page.held_hi = 0
+        self.lru.pop((f.key, idx), None)
+        page.dirty_lo, page.dirty_hi = 0, len(data)
+        f.dirty_pages.add(idx)
+        self.dirty_bytes += len(data)
 
     def _put(self, f: CachedFile, idx: int, page: Page, start: int, chunk: memoryview) -> None:
         end = start + len(chunk)
