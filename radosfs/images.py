@@ -357,6 +357,7 @@ class ImageBackend:
         self._image: rbd.Image | None = None
         self._snap_id: int | None = None
         self._known_size: int | None = None
+        self._size_hint = 0
         self._open_lock = trio.Lock()
         self._resize_lock = trio.Lock()
         self._closing = False
@@ -486,6 +487,9 @@ class ImageBackend:
     # ---- the Backend protocol ----------------------------------------------------------
 
     def plan_writeback(self, size: int, stored_size: int) -> bool:
+        # The file's size as the user sees it: a write past the end grows the image to
+        # that at once, not write unit by write unit (one resize per cp, not per 4 MiB).
+        self._size_hint = size
         return True  # images have no layout to choose: write behind at once
 
     async def size(self) -> int:
@@ -519,7 +523,7 @@ class ImageBackend:
             raise RadosFSError(errno.EROFS, f"{self.pool}/{self.name}@{self.snapshot}")
         end = offset + len(data)
         if self._known_size is None or end > self._known_size:
-            await self._grow(end)
+            await self._grow(max(end, self._size_hint))
         view = memoryview(data)
         pos = 0
         while pos < len(data):
@@ -560,6 +564,7 @@ class ImageBackend:
         async with self._resize_lock:
             await self.call(lambda img: img.resize(size))
             self._known_size = size
+            self._size_hint = size
 
     async def flush(self) -> None:
         if self.read_only:
