@@ -28,6 +28,7 @@ from .ownership import Ownership
 log = logging.getLogger(__name__)
 
 STATS_NAME = ".radosfs-stats"   # read-only JSON counters at the mount root
+FH_HANDLERS = {"read", "write", "flush", "fsync", "release", "readdir", "releasedir"}
 XATTR_USER = "user."
 
 
@@ -49,7 +50,7 @@ def fuse_errors(fn: Callable) -> Callable:
         except FUSEError:
             raise
         except Exception as exc:  # noqa: BLE001 -- the one place errors become errnos
-            raise FUSEError(to_errno(exc, f"{what}{self._describe(args)}")) from None
+            raise FUSEError(to_errno(exc, f"{what}{self._describe(what, args)}")) from None
     return wrapper
 
 
@@ -87,16 +88,18 @@ class Operations(pyfuse3.Operations):
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _describe(self, args: tuple) -> str:
+    def _describe(self, what: str, args: tuple) -> str:
+        """The path(s) a failed request was about, for its log line."""
         parts = []
-        for a in args[:4]:
+        for i, a in enumerate(args[:4]):
             if isinstance(a, bytes):
                 parts.append(a.decode("utf-8", "replace")[:200])
             elif isinstance(a, int) and not isinstance(a, bool):
-                node = self.fs.table.by_ino.get(a)
-                h = self.handles.get(a)
-                if h is not None and node is None:
-                    node = h.node
+                if i == 0 and what in FH_HANDLERS:  # a file handle, not an inode
+                    h = self.handles.get(a) or self.dirs.get(a)
+                    node = h.node if h is not None else None
+                else:
+                    node = self.fs.table.by_ino.get(a)
                 if node is not None:
                     parts.append("/".join(str(k) for k in node.key[1:] if k))
         return (" " + " ".join(parts)) if parts else ""
