@@ -166,9 +166,7 @@ class FileNode(Node):
             if mtime is None:
                 mtime = (await self.stored_attrs())[1]
         else:
-            size, mtime = await self.stored_attrs()
-            if cached is not None and cached.size != size:
-                pass  # the cache revalidates on the next open
+            size, mtime = await self.stored_attrs()  # the cache revalidates at open
         return self.file_attrs(size, mtime)
 
     def file_attrs(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
