@@ -6,7 +6,8 @@ import time
 from .bridge import Bridge
 from .cache import PageCache
 from .connection import Connection
-from .nodes import InodeTable, PoolIndex, RootNode
+from .nodes import InodeTable, RootNode
+from .pooldir import PoolIndex
 from .options import MountOptions
 from .ownership import PoolFlag, pool_has_overrides
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import errno
 import time
-from typing import Hashable
 
 import rados
 

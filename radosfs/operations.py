@@ -22,7 +22,9 @@ from .cache import CachedFile, ReadState
 from .errors import RadosFSError, to_errno
 from .filesystem import FileSystem
 from .images import ImagePool
-from .nodes import DirNode, FileNode, Node, ObjectFile, PoolDir, check_component
+from .nodes import DirNode, FileNode, Node, check_component
+from .objectfile import ObjectFile
+from .pooldir import PoolDir
 from .ownership import Ownership
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING
 import rados
 
 from .errors import RadosFSError, errno_of
-from .nodes import DirNode, Node, PoolDir
+from .nodes import DirNode, Node
+from .pooldir import PoolDir
 from .ownership import NO_OVERRIDE, Ownership
 
 if TYPE_CHECKING:

@@ -1,0 +1,197 @@
+"""A RADOS object (or a striped set of them) as a regular file: attributes, xattrs,
+mode/owner overrides, mtime, removal and rename (copy, then remove)."""
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import TYPE_CHECKING, Hashable
+
+import pyfuse3
+import rados
+
+from .bridge import concurrently
+from .errors import RadosFSError, errno_of
+from .object_backend import ObjectBackend
+from .objects import MAX_IO, operate, stat_object
+from .ownership import (ATTRS_XATTR, NO_OVERRIDE, Ownership, mark_pool,
+                        read_ownership)
+from .striped import INTERNAL_XATTRS, StripedData, read_head
+
+if TYPE_CHECKING:
+    from .filesystem import FileSystem
+
+from .nodes import FRESH_SECONDS, FileNode
+
+log = logging.getLogger(__name__)
+
+
+class ObjectFile(FileNode):
+    """A file of an object pool: one RADOS object, or a striped set past the threshold."""
+
+    def __init__(self, fs: FileSystem, pool: str, oid: str, snap: str | None = None,
+                 ioctx: rados.Ioctx | None = None) -> None:
+        super().__init__(fs, ("obj", pool, snap, oid))
+        self.pool = pool
+        self.oid = oid
+        self.snap = snap
+        self.read_only = snap is not None
+        self._ioctx = ioctx
+        self._backend: ObjectBackend | None = None
+        self._striped: StripedData | None = None
+        self._fresh: tuple[int, float, float] | None = None
+        self.created: tuple[int, Hashable] | None = None  # version right after create
+
+    def remember(self, size: int, mtime: float, striped: StripedData | None = None,
+                 owner: Ownership | None = None, fresh: bool = False) -> None:
+        """What a lookup or listing just read; `fresh` lets the getattr that follows
+        within the same request use it instead of asking the cluster again."""
+        self.mtime = mtime
+        if owner is not None:
+            self.owner = owner
+        self._fresh = (size, mtime, time.monotonic()) if fresh else None
+        if striped is not None and self._backend is None:
+            self._striped = striped
+
+    @property
+    def striped(self) -> bool:
+        return (self._backend.striped if self._backend else self._striped) is not None
+
+    async def attributes_from(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
+        cached = self.fs.cache.get(self.key)
+        if cached is not None and (cached.dirty or cached.opens):
+            return self.file_attrs(cached.size, self.mtime or mtime)
+        return self.file_attrs(size, mtime)
+
+    async def ioctx(self) -> rados.Ioctx:
+        return self._ioctx or await self.fs.conn.ioctx(self.pool)
+
+    async def backend(self) -> ObjectBackend:
+        if self._backend is None:
+            self._backend = ObjectBackend(self.fs.bridge, await self.ioctx(), self.pool,
+                                          self.oid, self.snap, self._striped)
+        return self._backend
+
+    async def stored_attrs(self) -> tuple[int, float]:
+        fresh, self._fresh = self._fresh, None
+        if fresh is not None and time.monotonic() - fresh[2] < FRESH_SECONDS:
+            return fresh[0], fresh[1]
+        backend = await self.backend()
+        async with concurrently() as nursery:
+            nursery.start_soon(self._fetch_owner, backend)
+            size, mtime = await self._stat(backend)
+        return size, mtime
+
+    async def _fetch_owner(self, backend: ObjectBackend) -> None:
+        if await self.fs.has_overrides(self.pool, backend.ioctx):
+            self.owner = await self.fs.bridge.run(read_ownership, backend.ioctx,
+                                                  backend.head_oid)
+
+    async def _stat(self, backend: ObjectBackend) -> tuple[int, float]:
+        try:
+            size, mtime = await backend.stat()
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT or backend.striped is not None:
+                raise
+            # Converted to the striped layout (by another client) since we looked.
+            head = await read_head(self.fs.bridge, backend.ioctx, self.oid)
+            if head is None:
+                raise
+            backend.striped = StripedData(self.fs.bridge, backend.ioctx, self.oid, *head)
+            size, mtime = await backend.stat()
+        self.mtime = mtime
+        return size, mtime
+
+    async def _head(self) -> tuple[rados.Ioctx, str]:
+        backend = await self.backend()
+        return backend.ioctx, backend.head_oid
+
+    async def get_xattr(self, key: str) -> bytes:
+        if key == ATTRS_XATTR or self.striped and key in INTERNAL_XATTRS:
+            raise RadosFSError(errno.ENODATA, f"no xattr {key}")
+        io, oid = await self._head()
+        try:
+            return await self.fs.bridge.run(io.get_xattr, oid, key)
+        except rados.Error as exc:
+            if errno_of(exc) in (errno.ENODATA, errno.ENOENT):
+                raise RadosFSError(errno.ENODATA, f"no xattr {key}") from None
+            raise
+
+    async def list_xattrs(self) -> list[str]:
+        io, oid = await self._head()
+        names = (await _object_xattrs(self.fs, io, oid)).keys()
+        hidden = INTERNAL_XATTRS if self.striped else ()
+        return sorted(n for n in names if n not in hidden and n != ATTRS_XATTR)
+
+    async def _meta_op(self, build) -> None:
+        """Change xattrs without touching the mtime (RADOS would stamp "now"; in POSIX
+        only ctime changes): chmod after utimens, as rsync does, keeps the time."""
+        io, oid = await self._head()
+        _, mtime = await stat_object(self.fs.bridge, io, oid)
+        await self.fs.bridge.run(operate, io, oid, build, mtime)
+
+    async def set_xattr(self, key: str, value: bytes) -> None:
+        if key == ATTRS_XATTR or self.striped and key in INTERNAL_XATTRS:
+            raise RadosFSError(errno.EPERM, f"{key} is kept by radosfs itself")
+        await self._meta_op(lambda op: op.set_xattr(key, value))
+
+    async def remove_xattr(self, key: str) -> None:
+        if key not in await self.list_xattrs():
+            raise RadosFSError(errno.ENODATA, f"no xattr {key}")
+        await self._meta_op(lambda op: op.rm_xattr(key))
+
+    async def set_ownership(self, owner: Ownership) -> None:
+        """chmod/chown: store the override on the object (see ownership.py)."""
+        io, _ = await self._head()
+        await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        await self._meta_op(lambda op: op.set_xattr(ATTRS_XATTR, owner.encode()))
+        self.owner = owner
+
+    async def set_mtime(self, mtime: float) -> None:
+        io, oid = await self._head()
+        # A write op that changes no data but carries the mtime we want stored.
+        await self.fs.bridge.run(operate, io, oid, lambda op: op.write(b"", 0), mtime)
+        self.mtime = float(int(mtime))
+
+    async def remove(self) -> None:
+        await self.fs.cache.forget(self.key)
+        await (await self.backend()).remove()
+
+    async def rename_to(self, target: ObjectFile) -> None:
+        """RADOS has no rename: copy data, xattrs and mtime to the target, then remove us.
+
+        Not atomic: a crash in between leaves both names (never neither).
+        """
+        src = await self.backend()
+        size, mtime = await src.stat()
+        xattrs = {k: await self.get_xattr(k) for k in await self.list_xattrs()}
+        try:
+            await target.remove()
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        target._backend = None
+        target._striped = None
+        dst = await target.backend()
+        io = dst.ioctx
+        await self.fs.bridge.run(operate, io, target.oid, lambda op: op.new(
+            rados.LIBRADOS_CREATE_EXCLUSIVE))
+        pos = 0
+        while pos < size:
+            chunk = await src.read(pos, min(size - pos, MAX_IO))
+            if not chunk:
+                break
+            await dst.write(pos, chunk)
+            pos += len(chunk)
+        if pos < size:
+            await dst.truncate(size)
+        for k, v in xattrs.items():
+            await target.set_xattr(k, v)
+        if self.owner != NO_OVERRIDE:
+            await target.set_ownership(self.owner)
+        await target.set_mtime(mtime)
+        await src.remove()
+
+
+async def _object_xattrs(fs: FileSystem, io: rados.Ioctx, oid: str) -> dict[str, bytes]:
+    return await fs.bridge.run(lambda: dict(io.get_xattrs(oid)))
