@@ -129,3 +129,33 @@ def rados(cluster):
     def call(pool: str, *args: str, check: bool = True) -> bytes:
         return run(["rados", "-p", pool, *args], cluster, check=check).stdout
     return call
+
+
+@pytest.fixture
+def image_pool(cluster):
+    """A fresh pool initialised for RBD (`rbd pool init`), removed afterwards."""
+    name = "img-" + uuid.uuid4().hex[:8]
+    cluster.ceph("osd", "pool", "create", name, "8")
+    run(["rbd", "pool", "init", name], cluster)
+    yield name
+    cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+
+def rbd(cluster: LocalCluster, *args: str, check: bool = True) -> bytes:
+    return run(["rbd", *args], cluster, check=check).stdout
+
+
+def rbd_export(cluster: LocalCluster, spec: str) -> bytes:
+    """`rbd export POOL/IMAGE[@SNAP] -`: the image's bytes as the cluster has them."""
+    return rbd(cluster, "export", "--no-progress", spec, "-")
+
+
+def rados_get(cluster: LocalCluster, pool: str, oid: str, snap: str | None = None) -> bytes:
+    """`rados [-s SNAP] get` into a file (with `-` rados prints "selected snap" first)."""
+    out = Path(tempfile.gettempdir()) / f"radosfs-get-{uuid.uuid4().hex}"
+    try:
+        run(["rados", "-p", pool, *(["-s", snap] if snap else []), "get", oid, str(out)],
+            cluster)
+        return out.read_bytes()
+    finally:
+        out.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, run
+from conftest import Mount, rados_get, rbd_export, run
 
 MiB = 1 << 20
 BAD_LOG = ("Traceback", "unexpected failure", "Fatal Python error")
@@ -58,30 +58,7 @@ def m(module_mount):
     assert not bad, "mount log:\n" + new[-3000:]
 
 
-@pytest.fixture
-def image_pool(cluster):
-    name = "bk-" + uuid.uuid4().hex[:8]
-    cluster.ceph("osd", "pool", "create", name, "8")
-    run(["rbd", "pool", "init", name], cluster)
-    yield name
-    cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
-
-
 # ---- helpers ------------------------------------------------------------------------------
-
-def rados_get(cluster, pool: str, oid: str, snap: str | None = None) -> bytes:
-    out = Path(f"/tmp/radosfs-bktest-{uuid.uuid4().hex}")
-    try:
-        run(["rados", "-p", pool, *(["-s", snap] if snap else []), "get", oid, str(out)],
-            cluster)
-        return out.read_bytes()
-    finally:
-        out.unlink(missing_ok=True)
-
-
-def rbd_export(cluster, spec: str) -> bytes:
-    return run(["rbd", "export", "--no-progress", spec, "-"], cluster).stdout
-
 
 def files_under(root: Path) -> dict[str, Path]:
     return {str((Path(d) / f).relative_to(root)): Path(d) / f

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import run
+from conftest import rbd, rbd_export, run
 
 MiB = 1 << 20
 
@@ -65,16 +65,8 @@ def rbd_pool(cluster, mnt):
     cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
 
 
-def rbd(cluster, *args: str, check: bool = True) -> bytes:
-    return run(["rbd", *args], cluster, check=check).stdout
-
-
 def rbd_info(cluster, spec: str) -> dict:
     return json.loads(rbd(cluster, "info", "--format", "json", spec))
-
-
-def rbd_export(cluster, spec: str) -> bytes:
-    return rbd(cluster, "export", "--no-progress", spec, "-")
 
 
 def rbd_ls(cluster, pool: str) -> set[str]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, run
+from conftest import Mount, rados_get, rbd, rbd_export, run
 
 MiB = 1 << 20
 MSG = {errno.EROFS: "Read-only file system", errno.EINVAL: "Invalid argument",
@@ -91,28 +91,7 @@ def own_mount(cluster, tmp_path_factory):
         close_mount(mm)
 
 
-@pytest.fixture
-def image_pool(cluster):
-    """A fresh pool initialised for RBD (`rbd pool init`), removed afterwards."""
-    name = "sr-" + uuid.uuid4().hex[:8]
-    cluster.ceph("osd", "pool", "create", name, "8")
-    run(["rbd", "pool", "init", name], cluster)
-    yield name
-    cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
-
-
 # ---- CLI helpers --------------------------------------------------------------------------
-
-def rados_get(cluster, pool: str, oid: str, snap: str | None = None) -> bytes:
-    """`rados [-s SNAP] get` into a file (with `-` rados prints "selected snap" first)."""
-    out = Path(f"/tmp/radosfs-snaptest-{uuid.uuid4().hex}")
-    try:
-        run(["rados", "-p", pool, *(["-s", snap] if snap else []), "get", oid, str(out)],
-            cluster)
-        return out.read_bytes()
-    finally:
-        out.unlink(missing_ok=True)
-
 
 def rados_put(cluster, pool: str, oid: str, data: bytes, tmp: Path, striper=False) -> None:
     src = tmp / f"put-{uuid.uuid4().hex}"
@@ -127,17 +106,9 @@ def lssnap(cluster, pool: str) -> set[str]:
     return {line.split("\t")[1] for line in out.splitlines() if line.count("\t") >= 2}
 
 
-def rbd(cluster, *args: str, check: bool = True) -> bytes:
-    return run(["rbd", *args], cluster, check=check).stdout
-
-
 def rbd_snaps(cluster, spec: str) -> dict[str, dict]:
     return {s["name"]: s for s in json.loads(rbd(cluster, "snap", "ls", "--format", "json",
                                                  spec))}
-
-
-def rbd_export(cluster, spec: str) -> bytes:
-    return rbd(cluster, "export", "--no-progress", spec, "-")
 
 
 def striped_at_snap(cluster, pool: str, name: str, snap: str) -> bytes:
