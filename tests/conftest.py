@@ -56,7 +56,21 @@ class Mount:
     def read_log(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
+    def alive(self) -> bool:
+        """Whether the daemon still answers (a dead one gives ENOTCONN to everything)."""
+        try:
+            os.stat(self.path)
+            os.statvfs(self.path)
+            return True
+        except OSError:
+            return False
+
     def close(self) -> None:
+        if os.path.ismount(self.path) and not self.alive():
+            # A daemon that died leaves a dead FUSE mount: detach it without waiting.
+            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
+                           capture_output=True)
+            return
         if os.path.ismount(self.path):
             subprocess.run(["fusermount3", "-u", str(self.path)], timeout=120, check=False)
             deadline = time.monotonic() + 30
@@ -159,3 +173,17 @@ def rados_get(cluster: LocalCluster, pool: str, oid: str, snap: str | None = Non
         return out.read_bytes()
     finally:
         out.unlink(missing_ok=True)
+
+
+BAD_LOG = ("Traceback", "unexpected failure", "Fatal Python error")
+
+
+def healthy(mount: Mount):
+    """Fixture body: hand out `mount`; afterwards it must be alive with no traceback or
+    unexpected failure logged meanwhile. Use as `yield from healthy(m)`."""
+    start = len(mount.read_log())
+    yield mount
+    assert mount.alive(), "the mount died (Transport endpoint is not connected)"
+    new = mount.read_log()[start:]
+    bad = [line for line in new.splitlines() if any(b in line for b in BAD_LOG)]
+    assert not bad, "mount log:\n" + new[-3000:]

@@ -20,42 +20,23 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, rados_get, rbd_export, run
+from conftest import Mount, healthy, rados_get, rbd_export, run
 
 MiB = 1 << 20
-BAD_LOG = ("Traceback", "unexpected failure", "Fatal Python error")
 
 
 # ---- fixtures -----------------------------------------------------------------------------
-
-def alive(m: Mount) -> bool:
-    """Whether the daemon still answers (a dead one gives ENOTCONN to everything)."""
-    try:
-        os.stat(m.path)
-        os.statvfs(m.path)
-        return True
-    except OSError:
-        return False
-
 
 @pytest.fixture(scope="module")
 def module_mount(cluster, tmp_path_factory):
     m = Mount(cluster, tmp_path_factory.mktemp("bkmnt") / "m")
     yield m
-    if alive(m):
-        m.close()
-    else:
-        subprocess.run(["fusermount3", "-uz", str(m.path)], check=False, capture_output=True)
+    m.close()
 
 
 @pytest.fixture
 def m(module_mount):
-    start = len(module_mount.read_log())
-    yield module_mount
-    assert alive(module_mount), "the mount died (Transport endpoint is not connected)"
-    new = module_mount.read_log()[start:]
-    bad = [line for line in new.splitlines() if any(b in line for b in BAD_LOG)]
-    assert not bad, "mount log:\n" + new[-3000:]
+    yield from healthy(module_mount)
 
 
 # ---- helpers ------------------------------------------------------------------------------
@@ -313,7 +294,4 @@ def test_root_listing_while_pools_are_removed(cluster, tmp_path):
         assert not errors, f"{len(errors)} listings of the mount root failed " \
                            f"({errors[0]!r}); log: {bad[:1]}"
     finally:
-        if alive(mm):
-            mm.close()
-        else:
-            subprocess.run(["fusermount3", "-uz", str(mm.path)], check=False)
+        mm.close()

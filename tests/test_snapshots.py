@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 import uuid
@@ -24,35 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, rados_get, rbd, rbd_export, run
+from conftest import Mount, healthy, rados_get, rbd, rbd_export, run
 
 MiB = 1 << 20
 MSG = {errno.EROFS: "Read-only file system", errno.EINVAL: "Invalid argument",
        errno.EBUSY: "Device or resource busy", errno.EEXIST: "File exists",
        errno.ENOENT: "No such file or directory"}
-BAD_LOG = ("Traceback", "unexpected failure", "Fatal Python error")
 
 
 # ---- mounts and pools -------------------------------------------------------------------
-
-def alive(m: Mount) -> bool:
-    """Whether the daemon still answers (a dead one gives ENOTCONN to everything)."""
-    try:
-        os.stat(m.path)
-        os.statvfs(m.path)
-        return True
-    except OSError:
-        return False
-
-
-def close_mount(m: Mount) -> None:
-    """Unmount; a daemon that died leaves a dead FUSE mount: detach it without waiting."""
-    if alive(m):
-        m.close()
-    else:
-        subprocess.run(["fusermount3", "-uz", str(m.path)], check=False,
-                       capture_output=True)
-
 
 def new_mount(cluster, tmp_path_factory, options: str = "") -> Mount:
     path = tmp_path_factory.mktemp("snapmnt") / "m"
@@ -63,18 +42,13 @@ def new_mount(cluster, tmp_path_factory, options: str = "") -> Mount:
 def module_mount(cluster, tmp_path_factory):
     m = new_mount(cluster, tmp_path_factory)
     yield m
-    close_mount(m)
+    m.close()
 
 
 @pytest.fixture
 def m(module_mount):
     """The module's mount; after the test it must be alive with no traceback logged."""
-    start = len(module_mount.read_log())
-    yield module_mount
-    assert alive(module_mount), "the mount died (Transport endpoint is not connected)"
-    new = module_mount.read_log()[start:]
-    bad = [line for line in new.splitlines() if any(b in line for b in BAD_LOG)]
-    assert not bad, "mount log:\n" + new[-3000:]
+    yield from healthy(module_mount)
 
 
 @pytest.fixture
@@ -88,7 +62,7 @@ def own_mount(cluster, tmp_path_factory):
 
     yield make
     for mm in mounts:
-        close_mount(mm)
+        mm.close()
 
 
 # ---- CLI helpers --------------------------------------------------------------------------
@@ -595,7 +569,7 @@ def test_pool_snapshot_name_reused_through_mount(cluster, own_mount, pool):
     run(["mkdir", str(root / ".snap" / "nightly")])
     assert rados_get(cluster, pool, "f", "nightly") == b"night-2"
     res = run(["cat", str(root / ".snap" / "nightly" / "f")], check=False)
-    assert alive(mm), f"the mount died: cat gave {res.stderr.decode()!r}"
+    assert mm.alive(), f"the mount died: cat gave {res.stderr.decode()!r}"
     assert res.stdout == b"night-2", res.stderr.decode()
     assert sorted(os.listdir(root / ".snap" / "nightly")) == ["f", "g"]
 
@@ -637,7 +611,7 @@ def test_pool_snapshot_removed_while_file_open(cluster, own_mount, pool):
         except OSError as exc:
             assert exc.errno not in (errno.ENOTCONN, errno.ECONNABORTED), \
                 f"the mount died under the reader: {exc}"
-    assert alive(mm), "the mount died after rmdir .snap/s with a file of s open"
+    assert mm.alive(), "the mount died after rmdir .snap/s with a file of s open"
     assert (root / "f").read_bytes() == data
 
 
