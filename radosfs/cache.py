@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 1 << 20
 READAHEAD_START = 1 << 20
 READAHEAD_MAX = 32 << 20
+DIRTY_EXPIRE = 5.0   # seconds data may stay unwritten while its file stays open
 
 
 class Page:
@@ -81,6 +82,7 @@ class CachedFile:
         # Counts truncations (at their start and end): a read-in that overlaps one may
         # hold bytes from before it, which must not reappear past the cut.
         self.resizes = 0
+        self.dirty_since: float | None = None  # trio clock: when unwritten data appeared
 
     @property
     def dirty(self) -> bool:
@@ -320,6 +322,8 @@ class PageCache:
 
     async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
         self.stats["writes"] += 1
+        if f.dirty_since is None:
+            f.dirty_since = trio.current_time()
         pos = 0
         n_total = len(data)
         view = memoryview(data)
@@ -553,6 +557,21 @@ class PageCache:
         err, f.error = f.error, None
         if err is not None:
             raise RadosFSError(err, f"write-back to {f.key} failed")
+
+    async def expire_dirty(self, delay: float = DIRTY_EXPIRE) -> None:
+        """Background task: write back data dirty for `delay` seconds even while its file
+        stays open (a log being appended to), so a crash of the daemon loses at most that
+        much -- as the kernel's dirty_expire does for local filesystems."""
+        while True:
+            await trio.sleep(delay / 5)
+            now = trio.current_time()
+            for f in list(self.files.values()):
+                if not f.dirty_pages:
+                    f.dirty_since = None
+                elif (f.dirty_since is not None and now - f.dirty_since >= delay
+                      and f.error is None):  # after a failure, flush retries
+                    f.dirty_since = now
+                    self._start_writeback(f, full_only=False)
 
     async def flush_all(self) -> list[tuple[Hashable, int]]:
         """Write back everything (umount, snapshots); returns files that failed."""

@@ -128,6 +128,7 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
         async with trio.open_nursery() as nursery:
             fs.cache.nursery = nursery
             nursery.start_soon(_signals, nursery)
+            nursery.start_soon(fs.cache.expire_dirty)
             nursery.start_soon(_set_readahead, mountpoint, fs_options.readahead_kb)
             log.info("mounted %s on %s", source, mountpoint)
             ready(None)

@@ -1051,3 +1051,25 @@ def test_backend_can_hold_back_background_writeback_but_not_flush():
             assert bytes(be.data) == b"".join(bytes([i]) * MiB for i in range(8))
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_dirty_data_of_an_open_file_is_written_after_the_expiry():
+    """Data that sits dirty (a small append, a held-back new file) reaches the backend
+    within DIRTY_EXPIRE seconds without fsync or close; before that it does not."""
+    from radosfs.cache import DIRTY_EXPIRE
+
+    async def main():
+        cache = PageCache(budget=64 * MiB)
+        be = MemBackend(key="log", write_unit=4 * MiB)
+        be.hold_back = True
+        async with trio.open_nursery() as nursery:
+            cache.nursery = nursery
+            nursery.start_soon(cache.expire_dirty)
+            f, _ = await cache.open(be)
+            await cache.write(f, 0, b"line 1\n")
+            await trio.sleep(DIRTY_EXPIRE / 2)
+            assert be.writes == []
+            await trio.sleep(DIRTY_EXPIRE)
+            assert bytes(be.data) == b"line 1\n" and cache.dirty_bytes == 0
+            nursery.cancel_scope.cancel()
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

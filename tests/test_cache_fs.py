@@ -5,6 +5,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 
@@ -163,3 +164,33 @@ def test_cache_limit_holds_during_large_copy(mount_factory, pool, tmp_path):
     assert s["cached_bytes"] <= 64 << 20
     assert s["evicted_pages"] > 0
     assert peak[0] < (64 + 150) << 20, f"peak RSS {peak[0] >> 20} MiB"
+
+
+def test_open_file_is_written_back_within_seconds(mnt, pool, rados, tmp_path):
+    """A writer that keeps its file open (a log) still gets its data into RADOS within
+    the dirty expiry (5 s), without fsync or close. The writer is its own process: a
+    fork of a process holding the file would close the copy at exec, and a close flushes."""
+    path = mnt / pool / "log"
+    writer = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\n"
+                               f"f = open({str(path)!r}, 'wb', buffering=0)\n"
+                               "f.write(b'first line\\n'); print('written', flush=True)\n"
+                               "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "written"
+        started = time.monotonic()
+        out = tmp_path / "out"
+        seen = b""
+        while time.monotonic() - started < 20:
+            rados(pool, "get", "log", str(out), check=False)
+            seen = out.read_bytes() if out.exists() else b""
+            if seen == b"first line\n":
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        assert seen == b"first line\n", f"not written back: {seen!r}"
+        assert 2 < took < 12, f"written back after {took:.1f}s (expiry is 5 s)"
+        assert writer.poll() is None, "the writer must still hold the file open"
+    finally:
+        writer.kill()
+        writer.wait()
