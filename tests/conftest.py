@@ -137,6 +137,15 @@ def run(cmd: list[str] | str, cluster: LocalCluster | None = None, check: bool =
     return res
 
 
+def fails(cmd, expect: str, cluster: LocalCluster | None = None) -> str:
+    """Run a command that must fail; its stderr must contain `expect`."""
+    res = run(cmd, cluster, check=False)
+    err = res.stderr.decode(errors="replace")
+    assert res.returncode != 0, f"{cmd} succeeded, expected failure ({expect})"
+    assert expect in err, f"{cmd}: expected {expect!r} in stderr, got {err!r}"
+    return err
+
+
 @pytest.fixture
 def rados(cluster):
     """`rados(pool, *args)` runs the rados CLI; returns stdout bytes."""

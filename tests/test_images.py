@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import rbd, rbd_export, run
+from conftest import fails, rbd, rbd_export, run
 
 MiB = 1 << 20
 
@@ -81,14 +81,6 @@ def external_write(cluster, pool: str, image: str, offset: int, byte: int, lengt
                    repeat: int = 1) -> None:
     run([sys.executable, "-c", RBD_WRITER, pool, image, str(offset), str(byte), str(length),
          str(repeat)], cluster)
-
-
-def fails(cmd, expect: str, cluster=None) -> str:
-    res = run(cmd, cluster, check=False)
-    err = res.stderr.decode(errors="replace")
-    assert res.returncode != 0, f"{cmd} succeeded, expected failure ({expect})"
-    assert expect in err, f"{cmd}: expected {expect!r} in stderr, got {err!r}"
-    return err
 
 
 # ---- data through real programs -----------------------------------------------------------

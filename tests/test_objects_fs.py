@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run
+from conftest import fails, run
 
 MiB = 1 << 20
 
@@ -56,15 +56,6 @@ def rados_stat(rados, pool: str, oid: str) -> tuple[datetime, int]:
     # e.g. 2021-03-04T05:06:07.000000+0000
     mtime = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%f%z")
     return mtime, int(m.group(2))
-
-
-def fails(cmd, expect: str, cluster=None) -> str:
-    """Run a command that must fail; its stderr must contain `expect`."""
-    res = run(cmd, cluster, check=False)
-    err = res.stderr.decode(errors="replace")
-    assert res.returncode != 0, f"{cmd} succeeded, expected failure ({expect})"
-    assert expect in err, f"{cmd}: expected {expect!r} in stderr, got {err!r}"
-    return err
 
 
 def make_tree(root: Path, nfiles: int = 50, seed: int = 7) -> dict[str, bytes]:
