@@ -78,7 +78,6 @@ class CachedFile:
         self.opens = 0
         self.error: int | None = None    # first write-back failure not yet reported
         self.version: Hashable = None
-        self.writeback_running = False
         # Counts truncations (at their start and end): a read-in that overlaps one may
         # hold bytes from before it, which must not reappear past the cut.
         self.resizes = 0

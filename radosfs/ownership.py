@@ -17,6 +17,8 @@ import rados
 import trio
 
 from .bridge import Bridge, concurrently
+from .errors import RadosFSError
+from .objects import stat_object
 
 ATTRS_XATTR = "radosfs.attrs"
 BATCH_THREADS = 8
@@ -105,8 +107,6 @@ async def pool_has_overrides(bridge: Bridge, io: rados.Ioctx, flag: PoolFlag) ->
         return flag.present
     async with flag.lock:
         if not flag.present and time.monotonic() - flag.checked >= FLAG_TTL:
-            from .objects import stat_object
-            from .errors import RadosFSError
             try:
                 await stat_object(bridge, io, FLAG_OBJECT)
                 flag.present = True
