@@ -63,9 +63,29 @@ def snap_ident(snap) -> str:
     return f"{snap.name}@{snap.snap_id}"
 
 
-class PoolSnapRoot(DirNode):
-    """`.snap` of an object pool: one directory per RADOS pool snapshot."""
+class SnapRoot(DirNode):
+    """`.snap` itself: mkdir and rmdir take and remove snapshots (each kind its own way);
+    nothing else can be made or removed in it."""
     is_snap_root = True
+
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+    async def unlink(self, name: str) -> None:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+
+class ReadOnlyTree:
+    """Mixin for everything under `.snap/NAME/`: no changes, EROFS."""
+
+    async def mkdir(self, name: str, *_: object) -> Node:
+        raise RadosFSError(errno.EROFS, "snapshots are read-only")
+
+    rmdir = create = unlink = mkdir  # type: ignore[assignment]
+
+
+class PoolSnapRoot(SnapRoot):
+    """`.snap` of an object pool: one directory per RADOS pool snapshot."""
 
     def __init__(self, fs: FileSystem, pool: str) -> None:
         super().__init__(fs, ("snaproot", pool))
@@ -132,14 +152,9 @@ class PoolSnapRoot(DirNode):
         self.fs.pool_index(self.pool).snaps_checked = -1e9
         log.info("removed pool snapshot %s of %s", name, self.pool)
 
-    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
-        raise RadosFSError(errno.EROFS, "snapshots are read-only")
-
-    async def unlink(self, name: str) -> None:
-        raise RadosFSError(errno.EROFS, "snapshots are read-only")
 
 
-class PoolSnapshot(PoolDir):
+class PoolSnapshot(ReadOnlyTree, PoolDir):
     """The root of one pool snapshot: the pool as it was, read-only."""
 
     def __init__(self, fs: FileSystem, pool: str, snap) -> None:
@@ -161,22 +176,17 @@ class PoolSnapshot(PoolDir):
         a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(self.stamp.timestamp() * 1e9)
         return a
 
-    async def mkdir(self, name: str, *_: object) -> Node:
-        raise RadosFSError(errno.EROFS, "snapshots are read-only")
-
-    rmdir = create = unlink = mkdir  # type: ignore[assignment]
 
 
 # ---- image pools ------------------------------------------------------------------------
 
-class ImageSnapRoot(DirNode):
+class ImageSnapRoot(SnapRoot):
     """`.snap` of an image pool: one directory per snapshot name found on any image.
 
     `mkdir .snap/NAME` takes a snapshot NAME of every image in the pool (after writing back
     the pool's dirty pages); `rmdir` removes NAME from every image that has it (a protected
     snapshot, or one with clones, gives EBUSY and the log names the image).
     """
-    is_snap_root = True
 
     def __init__(self, fs: FileSystem, pool: str) -> None:
         super().__init__(fs, ("snaproot", pool))
@@ -296,14 +306,9 @@ class ImageSnapRoot(DirNode):
         self.fs.table.drop_prefix(("snapdir", self.pool, name))
         log.info("removed snapshot %s from the images of %s", name, self.pool)
 
-    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
-        raise RadosFSError(errno.EROFS, "snapshots are read-only")
-
-    async def unlink(self, name: str) -> None:
-        raise RadosFSError(errno.EROFS, "snapshots are read-only")
 
 
-class ImageSnapshot(DirNode):
+class ImageSnapshot(ReadOnlyTree, DirNode):
     """`.snap/NAME` of an image pool: each image that has snapshot NAME, read-only."""
     read_only = True
 
@@ -345,7 +350,3 @@ class ImageSnapshot(DirNode):
             batch.append((image_name, node, await node.attributes()))
         yield batch
 
-    async def mkdir(self, name: str, *_: object) -> Node:
-        raise RadosFSError(errno.EROFS, "snapshots are read-only")
-
-    rmdir = create = unlink = mkdir  # type: ignore[assignment]
