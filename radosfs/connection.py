@@ -52,21 +52,22 @@ def open_cluster(cfg: ClientConfig) -> rados.Rados:
         # librbd's own cache would be a second cache below ours.
         handle.conf_set("rbd_cache", "false")
         handle.connect()
-    except rados.TimedOut:
-        handle.shutdown()
-        raise ConnectError(f"cluster did not answer within {cfg.connect_timeout:g}s "
-                           f"(monitors in {cfg.conf or 'the default ceph.conf'} unreachable?)")
-    except rados.PermissionDeniedError as exc:
-        handle.shutdown()
-        raise ConnectError(f"the cluster refused the key of {name}: {_clean_message(exc)}")
-    except rados.ObjectNotFound as exc:
-        handle.shutdown()
-        raise ConnectError(f"no keyring or configuration found for {name}: "
-                           f"{_clean_message(exc)}")
     except rados.Error as exc:
         handle.shutdown()
-        raise ConnectError(f"cannot connect to the cluster as {name}: {_clean_message(exc)}")
+        raise ConnectError(_connect_failure(exc, cfg, name)) from None
     return handle
+
+
+def _connect_failure(exc: rados.Error, cfg: ClientConfig, name: str) -> str:
+    """One line naming why connect failed."""
+    if isinstance(exc, rados.TimedOut):
+        return (f"cluster did not answer within {cfg.connect_timeout:g}s "
+                f"(monitors in {cfg.conf or 'the default ceph.conf'} unreachable?)")
+    if isinstance(exc, rados.PermissionDeniedError):
+        return f"the cluster refused the key of {name}: {_clean_message(exc)}"
+    if isinstance(exc, rados.ObjectNotFound):
+        return f"no keyring or configuration found for {name}: {_clean_message(exc)}"
+    return f"cannot connect to the cluster as {name}: {_clean_message(exc)}"
 
 
 class Connection:
