@@ -20,12 +20,13 @@ import sys
 import pyfuse3
 import trio
 
-from .bridge import Bridge
-from .connection import ClientConfig, ConnectError, Connection, open_cluster
-from .filesystem import FileSystem
-from .images import close_all
+from .cache import PageCache
+from .client.bridge import Bridge
+from .client.connection import ClientConfig, ConnectError, Connection, open_cluster
 from .operations import Operations
 from .options import HELP, MountOptions, OptionError, parse_options
+from .tree.context import MountContext
+from .tree.kinds import NodeKinds
 
 log = logging.getLogger("radosfs")
 
@@ -115,10 +116,11 @@ def setup_logging(foreground: bool, debug: bool, logfile: str | None) -> None:
 async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
                 ready) -> None:
     """Mount, report readiness, serve until unmounted or signalled, then write back."""
-    bridge = Bridge()
-    conn = Connection(handle, bridge)
-    fs = FileSystem(conn, bridge, fs_options)
-    ops = Operations(fs)
+    # The collaborators are built here and injected (S3QL's mount.py is the model).
+    conn = Connection(handle, Bridge())
+    fs = MountContext(conn, fs_options, PageCache(fs_options.cache_size))
+    fs.kinds = kinds = NodeKinds(fs)
+    ops = Operations(fs, kinds.root())
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(fs_options, source))
     except RuntimeError as exc:
@@ -126,7 +128,7 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
     clean = False
     try:
         async with trio.open_nursery() as nursery:
-            fs.cache.nursery = nursery
+            fs.cache.nursery = fs.nursery = nursery
             nursery.start_soon(_signals, nursery)
             nursery.start_soon(fs.cache.expire_dirty)
             nursery.start_soon(_set_readahead, mountpoint, fs_options.readahead_kb)
@@ -138,7 +140,7 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
                 log.error("umount: data of %s could not be written back (%s); it is lost",
                           key, os.strerror(err))
             # Before Rados.shutdown(): closing an rbd.Image after it hangs forever.
-            await close_all(fs)
+            await fs.images.close_all()
             clean = True
             nursery.cancel_scope.cancel()
     finally:
@@ -189,8 +191,7 @@ def tame_malloc() -> None:
     libc.mallopt(M_ARENA_MAX, 2)
 
 
-def run_daemon(mo: MountOptions, mountpoint: str, source: str, foreground: bool,
-               ready) -> int:
+def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     """Connect, mount and serve; `ready(err)` is called once with None or a message."""
     faulthandler.register(signal.SIGUSR1)
     tame_malloc()
@@ -230,8 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         def ready(err: str | None) -> None:
             if err:
                 print(f"mount.radosfs: {err}", file=sys.stderr)
-        return run_daemon(mo, mountpoint, args.source, True, ready)
-    return _daemonize(mo, mountpoint, args, )
+        return run_daemon(mo, mountpoint, args.source, ready)
+    return _daemonize(mo, mountpoint, args)
 
 
 def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> int:
@@ -262,7 +263,7 @@ def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> i
             os.dup2(null, 1)
             os.dup2(null, 2)
 
-    code = run_daemon(mo, mountpoint, args.source, False, ready)
+    code = run_daemon(mo, mountpoint, args.source, ready)
     os._exit(code)
 
 

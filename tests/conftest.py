@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from radosfs.cluster import LocalCluster
+from radosfs.dev.cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from radosfs.cluster import ClusterError, LocalCluster, main
+from radosfs.dev.cluster import ClusterError, LocalCluster, main
 
 pytestmark = pytest.mark.skipif(
     not all(shutil.which(b) for b in ("ceph-mon", "ceph-mgr", "ceph-osd", "ceph", "rados")),

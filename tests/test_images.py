@@ -3,7 +3,7 @@
 Every test works in a fresh pool initialised for RBD (`rbd pool init`), shown as
 `mnt / pool`: its images are regular files. What the mount did is checked with the `rbd` /
 `rados` CLIs (or a separate librbd client), never through radosfs itself. The last tests
-drive `radosfs.images.ImageBackend` in-process (snapshot views, version tokens).
+drive `radosfs.store.image_backend.ImageBackend` in-process (snapshot views, version tokens).
 """
 from __future__ import annotations
 
@@ -376,7 +376,7 @@ def _in_process(cluster, body) -> None:
     import rados
     import trio
 
-    from radosfs.bridge import Bridge
+    from radosfs.client.bridge import Bridge
 
     handle = rados.Rados(conffile=str(cluster.conf_path))
     handle.conf_set("rbd_cache", "false")
@@ -394,7 +394,8 @@ def test_backend_snapshot_view_and_version_token(cluster, rbd_pool):
     import trio
 
     from radosfs.errors import RadosFSError
-    from radosfs.images import HeaderProbe, ImageBackend, image_attrs, image_id_of
+    from radosfs.store.image_backend import HeaderProbe, ImageBackend
+    from radosfs.store.rbd_cls import image_attrs, image_id_of
 
     rbd(cluster, "create", "--size", "4M", f"{rbd_pool}/s")
     external_write(cluster, rbd_pool, "s", 0, ord("1"), 4096)

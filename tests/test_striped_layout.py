@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from radosfs.options import OptionError, parse_options, parse_size
-from radosfs.ownership import NO_OVERRIDE, Ownership
-from radosfs.striped import Layout, parse_layout, piece_name, split_piece
+from radosfs.store.ownership import NO_OVERRIDE, Ownership
+from radosfs.store.striper import Layout, parse_layout, piece_name, split_piece
 
 MiB = 1 << 20
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import rados
 
 from .bridge import Bridge
-from .errors import RadosFSError
+from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
 

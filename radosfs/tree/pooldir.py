@@ -11,80 +11,66 @@ import errno
 import itertools
 import logging
 import time
-from typing import TYPE_CHECKING, Hashable
 
 import rados
 import trio
 
-from .bridge import concurrently
-from .errors import RadosFSError, errno_of
-from .objects import stat_object, struct_to_epoch
-from .ownership import (ATTRS_XATTR, FLAG_OBJECT, NO_OVERRIDE, Ownership, mark_pool,
-                        read_many, read_ownership)
-from .striped import StripedData, piece_name, read_head, split_piece
-
-if TYPE_CHECKING:
-    from .filesystem import FileSystem
-
-from .nodes import (INDEX_MIN_TTL, LIST_CHUNK, SNAPDIR, DirNode, Node,
-                    check_component, check_object_name, valid_path_name)
-from .objectfile import ObjectFile
+from ..client.bridge import concurrently
+from ..errors import RadosFSError, errno_of
+from ..store.rados_ops import create_object, stat_object, struct_to_epoch
+from ..store.keys import StoreKey
+from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, mark_pool,
+                               owner_xattrs, read_many, read_ownership)
+from ..store.striper import StripedData, piece_name, read_head, split_piece
+from .base import DirNode, Entry, FileNode, Node
+from .context import MountContext
+from .inodes import POOL, NodeKey
+from .names import SNAPDIR, check_component, check_object_name, valid_path_name
+from .pool_state import BTIME_XATTR, INDEX_MIN_TTL, PoolIndex, PoolView, btime, parent_dirs
 
 log = logging.getLogger(__name__)
 
-
-class PoolIndex:
-    """Which directories an object pool has, from a full listing (trusted briefly)."""
-
-    def __init__(self) -> None:
-        self.dirs: set[str] = set()
-        self.markers: set[str] = set()   # directory marker objects known to exist
-        self.has_snaps = False           # the pool has pool snapshots (see may_list_ghosts)
-        self.snaps_checked = -1e9
-        self.stamp = 0.0
-        self.ttl = INDEX_MIN_TTL
-        self.lock = trio.Lock()
-
-    def fresh(self) -> bool:
-        return time.monotonic() - self.stamp < self.ttl
-
-    def add_path(self, name: str) -> None:
-        parts = name.split("/")
-        for i in range(1, len(parts)):
-            self.dirs.add("/".join(parts[:i]) + "/")
+LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
 
 
 class PoolDir(DirNode):
-    """A directory of an object pool: the pool itself (prefix '') or a '/'-prefix in it."""
+    """A directory of an object pool: the pool itself (prefix '') or a '/'-prefix in it,
+    at HEAD or, read-only, at a pool snapshot (`view`: then prefix '' is `.snap/NAME/`)."""
 
-    def __init__(self, fs: FileSystem, pool: str, prefix: str, snap: str | None = None,
-                 snap_ioctx: rados.Ioctx | None = None) -> None:
+    def __init__(self, fs: MountContext, pool: str, prefix: str,
+                 view: PoolView | None = None) -> None:
         self.pool = pool
         self.prefix = prefix
-        self.snap = snap
+        self.view = view
+        self.snap = view.ident if view is not None else None
         super().__init__(fs, self.dir_key(prefix))
-        self.read_only = snap is not None
-        self._snap_ioctx = snap_ioctx
+        self.read_only = view is not None
+        if view is not None and not prefix:
+            self.virtual_xattrs = {BTIME_XATTR: btime(view.stamp)}
 
     async def ioctx(self) -> rados.Ioctx:
-        return self._snap_ioctx or await self.fs.conn.ioctx(self.pool)
+        if self.view is not None:
+            return await self.fs.conn.snap_ioctx(self.pool, self.snap, self.view.snap_id)
+        return await self.fs.conn.ioctx(self.pool)
+
+    async def attributes(self):
+        a = await super().attributes()
+        if self.view is not None and not self.prefix:
+            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(
+                self.view.stamp.timestamp() * 1e9)
+        return a
 
     def child_key(self, name: str) -> str:
         return self.prefix + name
 
-    def file_node(self, oid: str) -> ObjectFile:
-        return self.fs.table.get(("obj", self.pool, self.snap, oid),
-                                 lambda: ObjectFile(self.fs, self.pool, oid, self.snap,
-                                                    self._snap_ioctx))
+    def file_node(self, oid: str) -> FileNode:
+        return self.kinds.object_file(self.pool, oid, self.view)
 
-    def dir_key(self, prefix: str) -> Hashable:
-        return ("pool", self.pool, prefix) if self.snap is None \
-            else ("snapdir", self.pool, self.snap, prefix)
+    def dir_key(self, prefix: str) -> NodeKey:
+        return NodeKey(POOL, self.pool, self.snap, prefix)
 
-    def dir_node(self, prefix: str) -> PoolDir:
-        return self.fs.table.get(self.dir_key(prefix),
-                                 lambda: PoolDir(self.fs, self.pool, prefix, self.snap,
-                                                 self._snap_ioctx))
+    def dir_node(self, prefix: str) -> DirNode:
+        return self.kinds.pool_dir(self.pool, prefix, self.view)
 
     async def index(self) -> PoolIndex:
         idx = self.fs.pool_index(self.pool, self.snap)
@@ -101,9 +87,7 @@ class PoolDir(DirNode):
                     names = list(await self.existing(io, names))
                 dirs: set[str] = set()
                 for name in names:
-                    parts = name.split("/")
-                    for i in range(1, len(parts)):
-                        dirs.add("/".join(parts[:i]) + "/")
+                    dirs.update(parent_dirs(name))
                 idx.dirs = dirs
                 took = time.monotonic() - started
                 idx.stamp = time.monotonic()
@@ -113,9 +97,7 @@ class PoolDir(DirNode):
     async def lookup(self, name: str) -> Node:
         check_component(name)
         if name == SNAPDIR and not self.prefix and self.snap is None:
-            from .snapshots import PoolSnapRoot
-            return self.fs.table.get(("snaproot", self.pool),
-                                     lambda: PoolSnapRoot(self.fs, self.pool))
+            return self.kinds.snap_root(self.pool, images=False)
         if name == FLAG_OBJECT and not self.prefix:
             raise RadosFSError(errno.ENOENT, f"{name} is reserved by radosfs")
         oid = self.child_key(name)
@@ -152,12 +134,11 @@ class PoolDir(DirNode):
             if layout is not None:
                 node = self.file_node(oid)
                 node.remember(layout[1], results[head][1],
-                              StripedData(bridge, io, oid, *layout),
                               await bridge.run(read_ownership, io, head)
                               if await self.fs.has_overrides(self.pool, io) else NO_OVERRIDE,
-                              fresh=True)
+                              fresh=True, striped=StripedData(bridge, io, oid, *layout))
                 return node
-        cached = self.fs.cache.get(("obj", self.pool, self.snap, oid))
+        cached = self.fs.cache.get(StoreKey.object(self.pool, oid, self.snap))
         if cached is not None and cached.dirty:
             return self.file_node(oid)
         if results[oid + "/"] is not None:
@@ -185,9 +166,7 @@ class PoolDir(DirNode):
             heads: list[str] = []
             dirs: list[str] = []
             for oid in chunk:
-                parts = oid.split("/")
-                for i in range(1, len(parts)):
-                    all_dirs.add("/".join(parts[:i]) + "/")
+                all_dirs.update(parent_dirs(oid))
                 if not oid.startswith(self.prefix) or len(oid) == plen:
                     continue
                 if not valid_path_name(oid):
@@ -322,8 +301,8 @@ class PoolDir(DirNode):
                 raise
             node = self.file_node(oid)
             await owners_done.wait()
-            node.remember(layout[1], mtime, StripedData(bridge, io, oid, *layout),
-                          owners.get(self.prefix + head_name, NO_OVERRIDE))
+            node.remember(layout[1], mtime, owners.get(self.prefix + head_name, NO_OVERRIDE),
+                          striped=StripedData(bridge, io, oid, *layout))
             out[i] = (base, node, await node.attributes_from(layout[1], mtime))
 
         owners_done = trio.Event()
@@ -346,7 +325,7 @@ class PoolDir(DirNode):
         node = await self._absent(name)
         marker = node + "/"
         io = await self.ioctx()
-        await create_object(self.fs, io, marker)
+        await create_object(self.fs.bridge, io, marker)
         self.fs.pool_index(self.pool).add_path(marker)
         self.fs.pool_index(self.pool).markers.add(marker)
         return self.dir_node(marker)
@@ -397,9 +376,9 @@ class PoolDir(DirNode):
         self.fs.pool_index(self.pool).dirs.discard(prefix)
         self.fs.pool_index(self.pool).markers.discard(prefix)
         await self._keep_directory()
-        self.fs.table.drop(("pool", self.pool, prefix))
+        self.fs.table.drop(self.dir_key(prefix))
 
-    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> FileNode:
         check_component(name)
         self._not_reserved(name)
         oid = self.child_key(name)
@@ -409,7 +388,7 @@ class PoolDir(DirNode):
             await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
         node = self.file_node(oid)
         try:
-            mtime = await create_object(self.fs, io, oid, owner)
+            mtime = await create_object(self.fs.bridge, io, oid, owner_xattrs(owner))
         except RadosFSError as exc:
             if exc.errno != errno.EEXIST:
                 raise
@@ -425,11 +404,27 @@ class PoolDir(DirNode):
         check_component(name)
         oid = self.child_key(name)
         node = await self.lookup(name)
-        if node.is_dir:
+        if not isinstance(node, FileNode):
             raise RadosFSError(errno.EISDIR, f"{self.pool}/{oid} is a directory")
-        await node.remove()  # type: ignore[attr-defined]
+        await node.remove()
         self.fs.table.drop(node.key)
         await self._keep_directory()
+
+    async def rename(self, old: str, new_parent: DirNode, new: str, flags: int) -> None:
+        """A file moves within its pool (copy, then remove: see ObjectFile.rename_to); the
+        moved inode is the file at the new name from then on."""
+        node = await self.lookup(old)
+        if not (isinstance(new_parent, PoolDir) and new_parent.pool == self.pool
+                and new_parent.view == self.view) or not isinstance(node, FileNode):
+            await super().rename(old, new_parent, new, flags)
+            return
+        target = await new_parent.rename_target(new, flags)
+        new_oid = new_parent.child_key(new)
+        dst = target if isinstance(target, FileNode) else new_parent.file_node(new_oid)
+        await node.rename_to(dst)
+        self.fs.pool_index(self.pool).add_path(new_oid)
+        self.fs.table.drop(dst.key)
+        self.fs.table.rekey(node, dst.key)
 
     async def _keep_directory(self) -> None:
         """Removing a file must not make its directory vanish (`rm dir/*; rmdir dir` and
@@ -440,27 +435,9 @@ class PoolDir(DirNode):
             return
         io = await self.ioctx()
         try:
-            await create_object(self.fs, io, self.prefix)
+            await create_object(self.fs.bridge, io, self.prefix)
         except RadosFSError as exc:
             if exc.errno != errno.EEXIST:
                 raise
         idx.markers.add(self.prefix)
         idx.add_path(self.prefix)
-
-
-async def create_object(fs: FileSystem, io: rados.Ioctx, oid: str,
-                        owner: Ownership = NO_OVERRIDE) -> int:
-    """Exclusive create (EEXIST if it exists), asynchronously; returns the mtime stored.
-
-    The mtime is always given: operate_write_op would store 1970 without one.
-    """
-    mtime = int(time.time())
-    op = io.create_write_op()
-    try:
-        op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
-        if owner != NO_OVERRIDE:
-            op.set_xattr(ATTRS_XATTR, owner.encode())
-        await fs.bridge.aio(lambda cb: io.operate_aio_write_op(op, oid, cb, mtime=mtime))
-    finally:
-        io.release_write_op(op)
-    return mtime

@@ -5,23 +5,20 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from typing import TYPE_CHECKING, Hashable
 
-import pyfuse3
 import rados
 
-from .bridge import concurrently
-from .errors import RadosFSError, errno_of
-from .object_backend import ObjectBackend
-from .objects import MAX_IO, operate, stat_object
-from .ownership import (ATTRS_XATTR, NO_OVERRIDE, Ownership, mark_pool,
-                        read_ownership)
-from .striped import INTERNAL_XATTRS, StripedData, read_head
-
-if TYPE_CHECKING:
-    from .filesystem import FileSystem
-
-from .nodes import FRESH_SECONDS, FileNode
+from ..client.bridge import concurrently
+from ..errors import RadosFSError, errno_of
+from ..store.keys import StoreKey
+from ..store.object_backend import ObjectBackend
+from ..store.ownership import ATTRS_XATTR, NO_OVERRIDE, Ownership, mark_pool, read_ownership
+from ..store.rados_ops import MAX_IO, operate, stat_object
+from ..store.striper import INTERNAL_XATTRS, StripedData, read_head
+from .base import FRESH_SECONDS, FileNode
+from .context import MountContext
+from .inodes import OBJECT, NodeKey
+from .pool_state import PoolView
 
 log = logging.getLogger(__name__)
 
@@ -29,26 +26,27 @@ log = logging.getLogger(__name__)
 class ObjectFile(FileNode):
     """A file of an object pool: one RADOS object, or a striped set past the threshold."""
 
-    def __init__(self, fs: FileSystem, pool: str, oid: str, snap: str | None = None,
-                 ioctx: rados.Ioctx | None = None) -> None:
-        super().__init__(fs, ("obj", pool, snap, oid))
+    def __init__(self, fs: MountContext, pool: str, oid: str,
+                 view: PoolView | None = None) -> None:
+        self.snap = view.ident if view is not None else None
+        super().__init__(fs, NodeKey(OBJECT, pool, self.snap, oid))
         self.pool = pool
         self.oid = oid
-        self.snap = snap
-        self.read_only = snap is not None
-        self._ioctx = ioctx
+        self.view = view
+        self.read_only = view is not None
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
         self._fresh: tuple[int, float, float] | None = None
-        self.created: tuple[int, Hashable] | None = None  # version right after create
 
-    def remember(self, size: int, mtime: float, striped: StripedData | None = None,
-                 owner: Ownership | None = None, fresh: bool = False) -> None:
+    @property
+    def backend_key(self) -> StoreKey:
+        return StoreKey.object(self.pool, self.oid, self.snap)
+
+    def remember(self, size: int, mtime: float, owner: Ownership | None = None,
+                 fresh: bool = False, striped: StripedData | None = None) -> None:
         """What a lookup or listing just read; `fresh` lets the getattr that follows
         within the same request use it instead of asking the cluster again."""
-        self.mtime = mtime
-        if owner is not None:
-            self.owner = owner
+        super().remember(size, mtime, owner)
         self._fresh = (size, mtime, time.monotonic()) if fresh else None
         if striped is not None and self._backend is None:
             self._striped = striped
@@ -57,14 +55,10 @@ class ObjectFile(FileNode):
     def striped(self) -> bool:
         return (self._backend.striped if self._backend else self._striped) is not None
 
-    async def attributes_from(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
-        cached = self.fs.cache.get(self.key)
-        if cached is not None and (cached.dirty or cached.opens):
-            return self.file_attrs(cached.size, self.mtime or mtime)
-        return self.file_attrs(size, mtime)
-
     async def ioctx(self) -> rados.Ioctx:
-        return self._ioctx or await self.fs.conn.ioctx(self.pool)
+        if self.view is not None:
+            return await self.fs.conn.snap_ioctx(self.pool, self.snap, self.view.snap_id)
+        return await self.fs.conn.ioctx(self.pool)
 
     async def backend(self) -> ObjectBackend:
         if self._backend is None:
@@ -154,14 +148,28 @@ class ObjectFile(FileNode):
         self.mtime = float(int(mtime))
 
     async def remove(self) -> None:
-        await self.fs.cache.forget(self.key)
+        await self.fs.cache.forget(self.backend_key)
         await (await self.backend()).remove()
 
-    async def rename_to(self, target: ObjectFile) -> None:
-        """RADOS has no rename: copy data, xattrs and mtime to the target, then remove us.
+    async def rename_to(self, target: FileNode) -> None:
+        """RADOS has no rename: copy data, xattrs and mtime to the target, then remove us;
+        from then on this node is the file at the target's name (its backend too).
 
         Not atomic: a crash in between leaves both names (never neither).
         """
+        if not isinstance(target, ObjectFile):
+            await super().rename_to(target)
+            return
+        f = self.fs.cache.get(self.backend_key)
+        if f is not None and f.dirty:
+            await self.fs.cache.flush(f)
+        old_key = self.backend_key
+        await self._copy_to(target)
+        await self.fs.cache.forget(old_key)
+        self.oid = target.oid
+        self._backend, self._striped = target._backend, target._striped
+
+    async def _copy_to(self, target: ObjectFile) -> None:
         src = await self.backend()
         size, mtime = await src.stat()
         xattrs = {k: await self.get_xattr(k) for k in await self.list_xattrs()}
@@ -193,5 +201,5 @@ class ObjectFile(FileNode):
         await src.remove()
 
 
-async def _object_xattrs(fs: FileSystem, io: rados.Ioctx, oid: str) -> dict[str, bytes]:
+async def _object_xattrs(fs: MountContext, io: rados.Ioctx, oid: str) -> dict[str, bytes]:
     return await fs.bridge.run(lambda: dict(io.get_xattrs(oid)))

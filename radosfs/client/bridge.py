@@ -23,7 +23,7 @@ from typing import Any, AsyncIterator, Callable, TypeVar
 
 import trio
 
-from .errors import RadosFSError
+from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
 

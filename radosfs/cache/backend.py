@@ -23,9 +23,6 @@ class Backend(Protocol):
         cache to hold back *background* write-back for now (flush and back-pressure still
         write everything)."""
 
-    async def size(self) -> int:
-        """Current size as stored in the cluster."""
-
     async def read(self, offset: int, length: int) -> bytes:
         """Bytes at [offset, offset+length); short (or empty) at end of file."""
 

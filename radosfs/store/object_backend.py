@@ -13,10 +13,11 @@ from typing import Hashable
 import rados
 import trio
 
-from .bridge import Bridge
-from .errors import RadosFSError
-from .objects import read_object, stat_object, write_object
-from .striped import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped
+from ..client.bridge import Bridge
+from ..errors import RadosFSError
+from .keys import StoreKey
+from .rados_ops import read_object, stat_object, write_object
+from .striper import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped
 
 
 class ObjectBackend:
@@ -27,7 +28,7 @@ class ObjectBackend:
         self.bridge = bridge
         self.ioctx = ioctx
         self.name = name
-        self.key: Hashable = ("obj", pool, snap, name)
+        self.key = StoreKey.object(pool, name, snap)
         self.read_only = snap is not None
         self.striped = striped
         self._plain_ops = 0
@@ -92,9 +93,6 @@ class ObjectBackend:
             return await self.striped.stat()
         res, done = await self._plain(stat_object)
         return res if done else await self.striped.stat()  # type: ignore[union-attr]
-
-    async def size(self) -> int:
-        return (await self.stat())[0]
 
     async def read(self, offset: int, length: int) -> bytes:
         if self.striped is None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 import rados
 import trio
 
-from .bridge import Bridge, concurrently
-from .errors import RadosFSError
-from .objects import stat_object
+from ..client.bridge import Bridge, concurrently
+from ..errors import RadosFSError
+from .rados_ops import stat_object
 
 ATTRS_XATTR = "radosfs.attrs"
 BATCH_THREADS = 8
@@ -65,6 +65,11 @@ class Ownership:
 
 
 NO_OVERRIDE = Ownership()
+
+
+def owner_xattrs(owner: Ownership) -> dict[str, bytes]:
+    """The xattrs a new object carries for `owner` (none without an override)."""
+    return {ATTRS_XATTR: owner.encode()} if owner != NO_OVERRIDE else {}
 
 
 def read_ownership(io: rados.Ioctx, oid: str) -> Ownership:

@@ -29,73 +29,15 @@ from typing import Hashable
 
 import trio
 
+from ..errors import RadosFSError, errno_of
 from .backend import Backend
-from .errors import RadosFSError, errno_of
+from .pages import PAGE_SIZE, CachedFile, Page, ReadState
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 1 << 20
 READAHEAD_START = 1 << 20
 READAHEAD_MAX = 32 << 20
 DIRTY_EXPIRE = 5.0   # seconds data may stay unwritten while its file stays open
-
-
-class Page:
-    __slots__ = ("data", "valid", "dirty_lo", "dirty_hi", "pins", "loading",
-                 "held_lo", "held_hi", "writing")
-
-    def __init__(self) -> None:
-        self.data: bytes | bytearray = bytearray()  # bytes while clean as read in
-        self.valid = False
-        self.dirty_lo = 0
-        self.dirty_hi = 0
-        self.pins = 0
-        self.loading: trio.Event | None = None
-        # Not valid: [held_lo, held_hi) of data is what was written through the mount,
-        # dirty or written back (the cluster may not have it yet): a read-in keeps it.
-        self.held_lo = 0
-        self.held_hi = 0
-        self.writing = 0  # write-backs of this page in flight (at most one at a time)
-
-    @property
-    def dirty(self) -> bool:
-        return self.dirty_hi > self.dirty_lo
-
-
-class CachedFile:
-    """The cached state of one stored file, shared by all its open handles."""
-
-    def __init__(self, backend: Backend, stored_size: int) -> None:
-        self.backend = backend
-        self.key = backend.key
-        self.size = stored_size          # logical size, as the user sees it
-        self.stored_size = stored_size   # size in the cluster, as far as we know
-        self.pages: dict[int, Page] = {}
-        self.dirty_pages: set[int] = set()
-        self.in_transit = 0
-        self.idle = trio.Event()
-        self.idle.set()
-        self.opens = 0
-        self.error: int | None = None    # first write-back failure not yet reported
-        self.version: Hashable = None
-        # Counts truncations (at their start and end): a read-in that overlaps one may
-        # hold bytes from before it, which must not reappear past the cut.
-        self.resizes = 0
-        self.dirty_since: float | None = None  # trio clock: when unwritten data appeared
-
-    @property
-    def dirty(self) -> bool:
-        return bool(self.dirty_pages) or self.in_transit > 0
-
-
-class ReadState:
-    """Per open handle: where the next sequential read would start, and the window."""
-    __slots__ = ("next_offset", "window", "prefetched_to")
-
-    def __init__(self) -> None:
-        self.next_offset = 0
-        self.window = 0
-        self.prefetched_to = 0
 
 
 class PageCache:

@@ -19,7 +19,7 @@ stop, so ``start()`` on a stopped memstore cluster rebuilds it from scratch (new
 ``bluestore`` uses a sparse file in the OSD directory and survives restarts: ``start()`` on a built
 bluestore directory only starts the daemons again.
 
-Command line: ``python -m radosfs.cluster start|stop|status DIR``.
+Command line: ``python -m radosfs.dev.cluster start|stop|status DIR``.
 """
 
 from __future__ import annotations
@@ -684,8 +684,8 @@ def _free_block(size: int) -> int:
 # ---------------------------------------------------------------------- command line
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m radosfs.cluster start|stop|status DIR``: manage a local test cluster."""
-    parser = argparse.ArgumentParser(prog="python -m radosfs.cluster",
+    """``python -m radosfs.dev.cluster start|stop|status DIR``: manage a local test cluster."""
+    parser = argparse.ArgumentParser(prog="python -m radosfs.dev.cluster",
                                      description="Run a throwaway single-node Ceph cluster.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("start", help="build (if needed) and start the cluster in DIR")

@@ -1,8 +1,8 @@
 """The main job on the embedded default: a local single-node cluster (bluestore on a
 sparse file, so data survives a restart) mounted at a directory, ready to try.
 
-    python -m radosfs.demo [start] [--dir DIR] [--mountpoint MNT]
-    python -m radosfs.demo stop
+    python -m radosfs.dev.demo [start] [--dir DIR] [--mountpoint MNT]
+    python -m radosfs.dev.demo stop
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from .cluster import ClusterError, LocalCluster
 
 DEFAULT_DIR = Path("/var/lib/radosfs-demo")
 DEFAULT_MNT = Path("/mnt/radosfs")
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _mount_cmd() -> list[str]:
@@ -87,7 +86,7 @@ def stop(directory: Path, mountpoint: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="radosfs.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="radosfs.dev.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", nargs="?", default="start", choices=["start", "stop"])
     p.add_argument("--dir", type=Path, default=DEFAULT_DIR)

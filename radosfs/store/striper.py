@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import rados
 import trio
 
-from .bridge import Bridge, concurrently
-from .errors import RadosFSError, errno_of
-from .objects import read_object, stat_object, write_object
+from ..client.bridge import Bridge, concurrently
+from ..errors import RadosFSError, errno_of
+from .rados_ops import operate, read_object, stat_object, write_object
 
 STRIPE_THRESHOLD = 64 << 20
 PIECE_RE = re.compile(r"^(.+)\.([0-9a-f]{16})$")
@@ -147,7 +147,6 @@ class StripedData:
     @classmethod
     async def create(cls, bridge: Bridge, io: rados.Ioctx, name: str, layout: Layout,
                      extra_xattrs: dict[str, bytes] | None = None) -> StripedData:
-        from .objects import operate
         attrs = dict(extra_xattrs or {}, **layout.xattrs(), **{XATTR_SIZE: b"0"})
 
         def build(op: rados.WriteOp) -> None:

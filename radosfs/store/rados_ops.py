@@ -6,8 +6,8 @@ import time
 
 import rados
 
-from .bridge import Bridge
-from .errors import RadosFSError
+from ..client.bridge import Bridge
+from ..errors import RadosFSError
 
 # No single write above osd_max_write_size (90 MB); 8 MiB keeps many in flight.
 MAX_IO = 8 << 20
@@ -82,3 +82,22 @@ def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> 
         ioctx.operate_write_op(op, oid, mtime=int(mtime if mtime is not None else time.time()))
     finally:
         ioctx.release_write_op(op)
+
+
+async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,
+                        xattrs: dict[str, bytes] | None = None) -> int:
+    """Exclusive create (EEXIST if it exists), asynchronously, with `xattrs` set in the same
+    operation; returns the mtime stored.
+
+    The mtime is always given: operate_write_op would store 1970 without one.
+    """
+    mtime = int(time.time())
+    op = io.create_write_op()
+    try:
+        op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+        for key, value in (xattrs or {}).items():
+            op.set_xattr(key, value)
+        await bridge.aio(lambda cb: io.operate_aio_write_op(op, oid, cb, mtime=mtime))
+    finally:
+        io.release_write_op(op)
+    return mtime

@@ -1,0 +1,167 @@
+"""What the image pools of one mount share: which pools are rbd pools, one ioctx and header
+probe per pool, and one `ImageBackend` per image (and snapshot view), closed at umount.
+
+Also the pool-level librbd calls (list, create, remove, rename images), each in a worker
+thread, with librbd's exceptions turned into the errnos a filesystem caller expects.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from typing import Callable
+
+import rados
+import rbd
+import trio
+
+from ..client.connection import Connection
+from ..errors import RadosFSError, errno_of
+from .image_backend import HeaderProbe, ImageBackend
+from .keys import StoreKey
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_APP_TTL = 5.0           # seconds a "not an rbd pool" answer is trusted
+
+
+class PoolContext:
+    """What the images of one pool share: the pool's ioctx and a header probe."""
+
+    def __init__(self, pool: str, ioctx: rados.Ioctx, probe: HeaderProbe) -> None:
+        self.pool = pool
+        self.ioctx = ioctx
+        self.probe = probe
+
+
+class ImagePools:
+    """Image-pool state of one mount. `spawn()` gives the mount's nursery (or None) for the
+    backends' idle closers; `busy(key)` says whether the cache still needs an image open."""
+
+    def __init__(self, conn: Connection, spawn: Callable[[], trio.Nursery | None],
+                 busy: Callable[[StoreKey], bool]) -> None:
+        self.conn = conn
+        self.bridge = conn.bridge
+        self._spawn = spawn
+        self._busy = busy
+        self._apps: dict[str, tuple[bool, float]] = {}
+        self._pools: dict[str, PoolContext] = {}
+        self._pool_lock = trio.Lock()
+        self._backends: dict[StoreKey, ImageBackend] = {}
+
+    async def context(self, pool: str) -> PoolContext:
+        ctx = self._pools.get(pool)
+        if ctx is None:
+            async with self._pool_lock:
+                ctx = self._pools.get(pool)
+                if ctx is None:
+                    io = await self.conn.ioctx(pool)
+                    probe_io = await self.bridge.run(self.conn.handle.open_ioctx, pool)
+                    ctx = self._pools[pool] = PoolContext(pool, io, HeaderProbe(probe_io))
+        return ctx
+
+    async def ioctx(self, pool: str) -> rados.Ioctx:
+        return (await self.context(pool)).ioctx
+
+    async def is_rbd_pool(self, pool: str) -> bool:
+        """Whether the pool's application list includes 'rbd'.
+
+        A yes is cached for the mount; a no only for NEGATIVE_APP_TTL seconds, so that
+        `rbd pool init` on a pool the mount has already seen takes effect quickly.
+        """
+        known = self._apps.get(pool)
+        now = time.monotonic()
+        if known is not None and (known[0] or now - known[1] < NEGATIVE_APP_TTL):
+            return known[0]
+        try:
+            apps = await self.conn.pool_applications(pool)
+            if "rbd" not in apps:
+                # The list comes from our copy of the osdmap, which can lag behind the
+                # monitors: `ceph osd pool create` + `rbd pool init` are two epochs, and we
+                # may hold the first. Make sure a "no" is not just stale before trusting it.
+                await self.conn.latest_osdmap()
+                apps = await self.conn.pool_applications(pool)
+        except Exception as exc:  # noqa: BLE001 -- e.g. the pool just went away
+            if errno_of(exc) != errno.ENOENT:
+                raise
+            apps = []
+        yes = "rbd" in apps
+        self._apps[pool] = (yes, now)
+        return yes
+
+    async def backend(self, pool: str, image_id: str, name: str, snapshot: str | None = None,
+                      snap_id: int | None = None) -> ImageBackend:
+        """The one backend of an image (or of a snapshot view of it) in this mount."""
+        key = StoreKey.image(pool, image_id, snapshot, snap_id)
+        b = self._backends.get(key)
+        if b is None:
+            ctx = await self.context(pool)
+            b = self._backends.get(key)
+            if b is None:
+                b = self._backends[key] = ImageBackend(
+                    self.bridge, ctx.ioctx, pool, image_id, snapshot, probe=ctx.probe,
+                    spawn=self._spawn, busy=lambda: self._busy(key), name=name,
+                    snap_id=snap_id)
+        return b
+
+    def renamed(self, key: StoreKey, name: str) -> None:
+        b = self._backends.get(key)
+        if b is not None:
+            b.name = name
+
+    async def close_backend(self, key: StoreKey) -> None:
+        """Close and forget an image's backend (before the image is removed)."""
+        b = self._backends.pop(key, None)
+        if b is not None:
+            await b.close()
+
+    # ---- pool-level librbd calls -------------------------------------------------------
+
+    async def list_images(self, pool: str) -> list[dict]:
+        io = await self.ioctx(pool)
+        return await self.bridge.run(lambda: list(rbd.RBD().list2(io)))
+
+    async def create_image(self, pool: str, name: str) -> None:
+        """A 0-byte image with librbd's default order and features (`rbd create --size 0`);
+        one that exists already (another creator won the race) is left as it is."""
+        io = await self.ioctx(pool)
+        try:
+            await self.bridge.run(rbd.RBD().create, io, name, 0)
+        except rbd.ImageExists:
+            pass
+
+    async def remove_image(self, pool: str, name: str) -> None:
+        """ImageHasSnapshots -> EBUSY (unlink(2) has no ENOTEMPTY; remove them with
+        `rbd snap purge`); ImageBusy (another client has it open) -> EBUSY."""
+        io = await self.ioctx(pool)
+        try:
+            await self.bridge.run(rbd.RBD().remove, io, name)
+        except rbd.ImageHasSnapshots:
+            raise RadosFSError(errno.EBUSY, f"image {pool}/{name} has snapshots "
+                                            f"(rbd snap purge first)") from None
+        except rbd.ImageBusy:
+            raise RadosFSError(errno.EBUSY, f"image {pool}/{name} is open by "
+                                            f"another client (rbd status)") from None
+
+    async def rename_image(self, pool: str, old: str, new: str) -> None:
+        io = await self.ioctx(pool)
+        try:
+            await self.bridge.run(rbd.RBD().rename, io, old, new)
+        except rbd.ImageExists:
+            raise RadosFSError(errno.EEXIST, f"{pool}/{new} was created meanwhile") from None
+
+    async def close_all(self) -> None:
+        """Close every image and probe ioctx this mount opened.
+
+        Call at umount, after `cache.flush_all()` and before `Rados.shutdown()`: an
+        `rbd.Image` still open at shutdown makes its (blocking) close hang forever, and
+        holds its watch/exclusive lock on the cluster until the OSD times the watch out.
+        """
+        for backend in list(self._backends.values()):
+            try:
+                await backend.close()
+            except Exception as exc:  # noqa: BLE001 -- close the others anyway
+                log.error("closing image %s: %r", backend.key, exc)
+        for ctx in list(self._pools.values()):
+            await self.bridge.run(ctx.probe.close)
+        self._pools.clear()

@@ -1,0 +1,29 @@
+"""The one place that says what identifies a stored file: the page cache files its pages
+under this key, so two opens of one object (or one image) share them."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+OBJECT = "obj"
+IMAGE = "rbd"
+
+
+class StoreKey(NamedTuple):
+    kind: str          # OBJECT (a plain object or a striped set) or IMAGE
+    pool: str
+    name: str          # the object name, or the image id (a rename keeps an image's pages)
+    view: str | None   # None at HEAD; else the snapshot, as "name@id" (never reused)
+
+    @classmethod
+    def object(cls, pool: str, oid: str, view: str | None = None) -> StoreKey:
+        return cls(OBJECT, pool, oid, view)
+
+    @classmethod
+    def image(cls, pool: str, image_id: str, snapshot: str | None = None,
+              snap_id: int | None = None) -> StoreKey:
+        return cls(IMAGE, pool, image_id,
+                   None if snapshot is None else f"{snapshot}@{snap_id}")
+
+    def at_head_of(self, kind: str, pool: str) -> bool:
+        """Writable data of `pool` (what a snapshot of the pool must include)."""
+        return self.kind == kind and self.pool == pool and self.view is None

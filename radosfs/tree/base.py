@@ -1,0 +1,315 @@
+"""The node protocol: what every node of the tree answers, with the defaults a kind that
+does not support something gives (each with its errno).
+
+Each node answers for itself (attributes, lookup, listing, open, xattrs, rename);
+`operations.Operations` only decodes requests and dispatches here. Children are built by
+`Kinds` (tree/kinds.py), reached as `node.kinds`, so no kind imports another.
+"""
+from __future__ import annotations
+
+import errno
+import stat
+import time
+from abc import ABC, abstractmethod
+from typing import Any, AsyncIterator
+
+import pyfuse3
+
+from ..cache import CachedFile, PageCache
+from ..cache.backend import Backend
+from ..errors import RadosFSError
+from ..store.keys import StoreKey
+from ..store.ownership import NO_OVERRIDE, Ownership
+from .context import MountContext
+from .inodes import NodeKey
+
+FRESH_SECONDS = 0.05       # a lookup's stat answers the getattr right after it
+Entry = tuple[str, "Node", pyfuse3.EntryAttributes]
+
+
+class Node:
+    """Something with an inode number."""
+    is_dir = False
+    read_only = False
+    #: the directory's entries are snapshots: they are taken and removed, never renamed
+    snapshot_names = False
+    #: xattrs a node shows beyond the stored ones (e.g. `ceph.snap.btime`)
+    virtual_xattrs: dict[str, bytes] = {}
+
+    def __init__(self, fs: MountContext, key: NodeKey) -> None:
+        self.fs = fs
+        self.key = key
+        self.ino = 0
+
+    @property
+    def kinds(self) -> Kinds:
+        return self.fs.kinds
+
+    @property
+    def cache(self) -> PageCache:
+        return self.fs.cache
+
+    def describe(self) -> str:
+        return self.key.describe()
+
+    def check_writable(self) -> None:
+        if self.fs.options.ro or self.read_only:
+            raise RadosFSError(errno.EROFS, "read-only")
+
+    async def attributes(self) -> pyfuse3.EntryAttributes:
+        raise NotImplementedError
+
+    def _attrs(self, mode: int, size: int = 0, mtime: float | None = None,
+               nlink: int = 1, owner: Ownership = NO_OVERRIDE) -> pyfuse3.EntryAttributes:
+        opts = self.fs.options
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = self.ino
+        a.st_mode = mode
+        a.st_nlink = nlink
+        a.st_uid = opts.uid if owner.uid is None else owner.uid
+        a.st_gid = opts.gid if owner.gid is None else owner.gid
+        a.st_size = size
+        a.st_blksize = 1 << 22
+        a.st_blocks = (size + 511) // 512
+        ns = int((mtime if mtime is not None else self.fs.mount_time) * 1e9)
+        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = ns
+        a.attr_timeout = a.entry_timeout = opts.attr_timeout
+        return a
+
+    # ---- metadata: what a kind does not store is refused -------------------------------
+
+    async def get_xattr(self, key: str) -> bytes:
+        raise RadosFSError(errno.ENODATA, f"no xattr {key}")
+
+    async def list_xattrs(self) -> list[str]:
+        return []
+
+    async def set_xattr(self, key: str, value: bytes) -> None:
+        raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
+
+    async def remove_xattr(self, key: str) -> None:
+        raise RadosFSError(errno.ENODATA, f"no xattr {key}")
+
+    async def set_ownership(self, owner: Ownership) -> None:
+        raise RadosFSError(errno.EPERM, "mode and owner of directories and images come from "
+                                        "mount options (uid=, gid=, umask=)")
+
+    @property
+    def owner(self) -> Ownership:
+        return NO_OVERRIDE
+
+    async def truncate(self, size: int) -> None:
+        raise RadosFSError(errno.EISDIR, "is a directory")
+
+    async def touch(self, mtime: float) -> None:
+        """utimens. Directory times come from the mount: accepted and not stored."""
+        return None
+
+
+class DirNode(Node):
+    is_dir = True
+
+    async def attributes(self) -> pyfuse3.EntryAttributes:
+        mode = self.fs.options.dir_mode()
+        if self.read_only or self.fs.options.ro:
+            mode &= ~0o222
+        return self._attrs(stat.S_IFDIR | mode, nlink=2)
+
+    async def lookup(self, name: str) -> Node:
+        raise RadosFSError(errno.ENOENT, name)
+
+    async def find(self, name: str) -> Node | None:
+        """lookup, with None for a name that does not exist."""
+        try:
+            return await self.lookup(name)
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return None
+
+    async def rename_target(self, name: str, flags: int) -> Node | None:
+        """What a rename to `name` would replace: None, or the existing file (EEXIST with
+        RENAME_NOREPLACE, EISDIR for a directory)."""
+        target = await self.find(name)
+        if target is not None:
+            if flags & pyfuse3.RENAME_NOREPLACE:
+                raise RadosFSError(errno.EEXIST, f"{name} exists")
+            if target.is_dir:
+                raise RadosFSError(errno.EISDIR, f"{name} is a directory")
+        return target
+
+    def entries(self) -> AsyncIterator[list[Entry]]:
+        """Yield the listing in batches, so `ls` of a big pool starts answering at once."""
+        raise NotImplementedError
+
+    async def mkdir(self, name: str) -> Node:
+        raise RadosFSError(errno.EPERM, "cannot make a directory here")
+
+    async def rmdir(self, name: str) -> None:
+        raise RadosFSError(errno.EPERM, "cannot remove this directory")
+
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> FileNode:
+        raise RadosFSError(errno.EPERM, "cannot create files here")
+
+    async def unlink(self, name: str) -> None:
+        raise RadosFSError(errno.EPERM, "cannot remove files here")
+
+    async def rename(self, old: str, new_parent: DirNode, new: str, flags: int) -> None:
+        """Move child `old` to `new` in `new_parent`. mv falls back to copy + remove on
+        EXDEV, which is what radosfs would do anyway."""
+        raise RadosFSError(errno.EXDEV, "rename of directories or across pools: "
+                                        "copy and remove instead")
+
+
+class FileNode(Node):
+    """A regular file backed by something the page cache can hold."""
+    #: the kernel must not cache its pages (contents made at open, e.g. the stats file)
+    direct_io = False
+
+    def __init__(self, fs: MountContext, key: NodeKey) -> None:
+        super().__init__(fs, key)
+        self.mtime: float | None = None
+        self.kernel_size: int | None = None
+        self._owner: Ownership = NO_OVERRIDE
+        #: (size, version token) right after create: the open that follows need not ask
+        self.created: tuple[int, Any] | None = None
+
+    @property
+    def owner(self) -> Ownership:
+        return self._owner
+
+    @owner.setter
+    def owner(self, value: Ownership) -> None:
+        self._owner = value
+
+    @property
+    def backend_key(self) -> StoreKey:
+        """The key of its stored data in the page cache (see store/keys.py)."""
+        raise NotImplementedError
+
+    async def backend(self) -> Backend:
+        raise NotImplementedError
+
+    async def stored_attrs(self) -> tuple[int, float]:
+        """(size, mtime) as stored in the cluster."""
+        raise NotImplementedError
+
+    def remember(self, size: int, mtime: float, owner: Ownership | None = None,
+                 fresh: bool = False) -> None:
+        """What a lookup or listing just read about this file."""
+        self.mtime = mtime
+        if owner is not None:
+            self.owner = owner
+
+    async def attributes(self) -> pyfuse3.EntryAttributes:
+        cached = self.cache.get(self.backend_key)
+        if cached is not None and cached.in_use:
+            size, mtime = cached.size, self.mtime
+            if mtime is None:
+                mtime = (await self.stored_attrs())[1]
+        else:
+            size, mtime = await self.stored_attrs()  # the cache revalidates at open
+        return self.file_attrs(size, mtime)
+
+    async def attributes_from(self, size: int, mtime: float | None
+                              ) -> pyfuse3.EntryAttributes:
+        """Attributes from what a listing just read (the cache knows better while in use);
+        no mtime stored: the mount time."""
+        mtime = mtime if mtime is not None else self.fs.mount_time
+        cached = self.cache.get(self.backend_key)
+        if cached is not None and cached.in_use:
+            return self.file_attrs(cached.size, self.mtime or mtime)
+        return self.file_attrs(size, mtime)
+
+    def file_attrs(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
+        self.kernel_size = size  # what the kernel now believes (see Operations.open)
+        mode = self.fs.options.file_mode() if self.owner.mode is None else self.owner.mode
+        if self.read_only or self.fs.options.ro:
+            mode &= ~0o222
+        return self._attrs(stat.S_IFREG | mode, size, mtime, owner=self.owner)
+
+    # ---- data ----------------------------------------------------------------------------
+
+    async def open(self, writable: bool, truncate: bool) -> tuple[CachedFile, bool]:
+        """The cached file for a new handle, and whether the kernel may keep its pages."""
+        if writable:
+            self.check_writable()
+        known, self.created = self.created, None
+        f, keep = await self.cache.open(await self.backend(), known)
+        if writable and truncate:
+            # libfuse enables atomic O_TRUNC: the kernel sends no separate setattr.
+            await self.cache.truncate(f, 0)
+            self.mtime = time.time()
+            keep = False
+        return f, keep
+
+    async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
+        self.check_writable()
+        n = await self.cache.write(f, offset, data)
+        self.mtime = time.time()
+        return n
+
+    async def truncate(self, size: int) -> None:
+        self.check_writable()
+        f, _ = await self.cache.open(await self.backend())
+        try:
+            await self.cache.truncate(f, size)
+        finally:
+            await self.cache.release(f)
+        self.mtime = time.time()
+
+    async def touch(self, mtime: float) -> None:
+        """utimens: dirty data first (its write would stamp "now"), then the stored time."""
+        self.check_writable()
+        f = self.cache.get(self.backend_key)
+        if f is not None and f.dirty:
+            await self.cache.flush(f)
+        await self.set_mtime(mtime)
+        if f is not None:
+            f.version = await f.backend.version()
+
+    async def set_mtime(self, mtime: float) -> None:
+        raise RadosFSError(errno.EPERM, "this file's time cannot be set")
+
+    async def remove(self) -> None:
+        raise RadosFSError(errno.EPERM, "cannot remove this file")
+
+    async def rename_to(self, target: FileNode) -> None:
+        raise RadosFSError(errno.EXDEV, "cannot move this file: copy and remove instead")
+
+
+class Kinds(ABC):
+    """Builds every node of the tree: parents ask here for their children (by what they
+    are, not by class), so no kind imports another. One per mount (tree/kinds.py)."""
+
+    @abstractmethod
+    def root(self) -> DirNode: ...
+
+    @abstractmethod
+    async def pool(self, name: str) -> DirNode:
+        """The directory of pool `name`: an image pool or an object pool."""
+
+    @abstractmethod
+    def pool_dir(self, pool: str, prefix: str, view: Any = None) -> DirNode:
+        """A directory of an object pool (prefix '' = the pool), at HEAD or at a view."""
+
+    @abstractmethod
+    def object_file(self, pool: str, oid: str, view: Any = None) -> FileNode: ...
+
+    @abstractmethod
+    def snap_root(self, pool: str, images: bool) -> DirNode:
+        """`.snap` of a pool."""
+
+    @abstractmethod
+    def image_snapshot(self, pool: str, name: str, members: list) -> DirNode: ...
+
+    @abstractmethod
+    def image_file(self, pool: str, name: str, image_id: str, snapshot: str | None = None,
+                   snap_id: int | None = None) -> FileNode: ...
+
+    @abstractmethod
+    def stats_file(self) -> FileNode: ...
+
+    @abstractmethod
+    def forget_pool(self, pool: str) -> None:
+        """A pool was removed: none of its names lead anywhere any more."""

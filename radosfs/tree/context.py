@@ -1,0 +1,66 @@
+"""What one mount shares: the connection, the bridge, the page cache, the image pools, the
+inode table and what is known of each object pool.
+
+Built by the mount command and handed to every node (as `node.fs`). It imports no node
+kind: `kinds` (the one place that builds nodes, tree/kinds.py) and `nursery` (the mount's
+task nursery, for background work) are set on it from outside, S3QL-style.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import rados
+import trio
+
+from ..cache import PageCache
+from ..client.bridge import Bridge
+from ..client.connection import Connection
+from ..options import MountOptions
+from ..store.image_pools import ImagePools
+from ..store.keys import StoreKey
+from ..store.ownership import PoolFlag, pool_has_overrides
+from .inodes import InodeTable
+from .pool_state import PoolIndex
+
+
+class MountContext:
+    def __init__(self, conn: Connection, options: MountOptions, cache: PageCache) -> None:
+        self.conn = conn
+        self.bridge: Bridge = conn.bridge
+        self.options = options
+        self.cache = cache
+        self.table = InodeTable()
+        self.mount_time = time.time()
+        self.nursery: trio.Nursery | None = None
+        self.kinds: Any = None   # tree.kinds.NodeKinds, set by whoever builds the tree
+        self.images = ImagePools(conn, spawn=lambda: self.nursery, busy=self.busy)
+        self._flags: dict[str, PoolFlag] = {}
+        self._indexes: dict[tuple[str, str | None], PoolIndex] = {}
+
+    def busy(self, key: StoreKey) -> bool:
+        """Whether the cache holds the stored file open or with data not yet written."""
+        f = self.cache.get(key)
+        return f is not None and f.in_use
+
+    def pool_index(self, pool: str, view: str | None = None) -> PoolIndex:
+        """Which directories a pool (or a pool snapshot) has; see pool_state.PoolIndex."""
+        idx = self._indexes.get((pool, view))
+        if idx is None:
+            idx = self._indexes[(pool, view)] = PoolIndex()
+        return idx
+
+    def pool_flag(self, pool: str) -> PoolFlag:
+        flag = self._flags.get(pool)
+        if flag is None:
+            flag = self._flags[pool] = PoolFlag()
+        return flag
+
+    async def has_overrides(self, pool: str, io: rados.Ioctx) -> bool:
+        """Whether objects of `pool` may carry mode/owner overrides (see ownership.py)."""
+        return await pool_has_overrides(self.bridge, io, self.pool_flag(pool))
+
+    def counters(self) -> dict:
+        return {"cache": self.cache.counters(),
+                "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
+                              bytes_in_flight=self.bridge.throttle.bytes)}

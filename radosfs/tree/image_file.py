@@ -1,0 +1,105 @@
+"""One RBD image as a regular file: attributes from the image header, data through the
+image's backend, xattrs as image metadata."""
+from __future__ import annotations
+
+import errno
+from typing import Any, Callable
+
+import rbd
+
+from ..errors import RadosFSError
+from ..store.image_backend import ImageBackend
+from ..store.keys import StoreKey
+from ..store.rbd_cls import image_attrs, image_metadata, image_metadata_get
+from .base import FileNode
+from .context import MountContext
+from .inodes import image_key
+
+
+class ImageFile(FileNode):
+    """One RBD image shown as a regular file (at HEAD, or read-only at a snapshot).
+
+    * size = the image size; mtime = librbd's modify timestamp (updated by librbd at most
+      every 60 s while written; the create timestamp for images that have none, else the
+      mount time); for a snapshot view, the snapshot's timestamp.
+    * xattrs `user.KEY` are the image metadata `KEY` (`rbd image-meta list`). New values
+      must be non-empty UTF-8 (EINVAL otherwise: the Python binding's metadata_list breaks
+      on anything else), but whatever other tools stored reads back as stored. librbd uses
+      keys named `conf_*` as per-image configuration overrides; they show here as well.
+    * utimens is accepted and ignored (as rbd-fuse does): clients cannot set librbd's
+      modify timestamp, and failing it would break `touch`.
+    """
+
+    def __init__(self, fs: MountContext, pool: str, name: str, image_id: str,
+                 snapshot: str | None = None, snap_id: int | None = None) -> None:
+        super().__init__(fs, image_key(pool, name, snapshot, snap_id))
+        self.pool = pool
+        self.image_id = image_id
+        self.snapshot = snapshot
+        self.snap_id = snap_id
+        self.read_only = snapshot is not None
+
+    @property
+    def name(self) -> str:
+        """The image's name: its key's (a rename rekeys the node)."""
+        return self.key.path
+
+    @property
+    def backend_key(self) -> StoreKey:
+        # By image id: a rename does not move the cached pages or the open image.
+        return StoreKey.image(self.pool, self.image_id, self.snapshot, self.snap_id)
+
+    async def backend(self) -> ImageBackend:
+        return await self.fs.images.backend(self.pool, self.image_id, self.name,
+                                            self.snapshot, self.snap_id)
+
+    async def stored_attrs(self) -> tuple[int, float]:
+        if self.snapshot is not None:
+            size, mtime = await (await self.backend()).stat()
+        else:
+            io = await self.fs.images.ioctx(self.pool)
+            size, mtime = await image_attrs(self.fs.bridge, io, self.image_id)
+        return size, mtime if mtime is not None else self.fs.mount_time
+
+    # ---- xattrs = image metadata -------------------------------------------------------
+
+    async def _meta(self, fn: Callable[[rbd.Image], Any]) -> Any:
+        try:
+            return await (await self.backend()).call(fn)
+        except KeyError:
+            raise RadosFSError(errno.ENODATA, "no such image metadata") from None
+
+    async def list_xattrs(self) -> list[str]:
+        io = await self.fs.images.ioctx(self.pool)
+        return sorted(await image_metadata(self.fs.bridge, io, self.image_id))
+
+    async def get_xattr(self, key: str) -> bytes:
+        io = await self.fs.images.ioctx(self.pool)
+        return await image_metadata_get(self.fs.bridge, io, self.image_id, key)
+
+    async def set_xattr(self, key: str, value: bytes) -> None:
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise RadosFSError(errno.EINVAL, "image metadata values must be UTF-8") from None
+        if not text:
+            # `rbd image-meta set` refuses empty values too, and the Python binding's
+            # metadata_list() misreports every key after one.
+            raise RadosFSError(errno.EINVAL, "image metadata values cannot be empty")
+        await self._meta(lambda img: img.metadata_set(key, text))
+
+    async def remove_xattr(self, key: str) -> None:
+        await self._meta(lambda img: img.metadata_remove(key))
+
+    async def set_mtime(self, mtime: float) -> None:
+        """Accepted and ignored: librbd keeps the modify timestamp itself."""
+        return None
+
+    async def remove(self) -> None:
+        """Remove the image (drops cached data; closes our own open image first); see
+        ImagePools.remove_image for the errnos."""
+        if self.snapshot is not None:
+            raise RadosFSError(errno.EROFS, "snapshot view")
+        await self.fs.cache.forget(self.backend_key)
+        await self.fs.images.close_backend(self.backend_key)
+        await self.fs.images.remove_image(self.pool, self.name)

@@ -1,0 +1,74 @@
+"""The mount root: one directory per pool, and the stats file."""
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+
+import rados
+
+from ..errors import RadosFSError, errno_of
+from ..store.ownership import NO_OVERRIDE, Ownership
+from .base import DirNode, Entry, FileNode, Node
+from .context import MountContext
+from .inodes import ROOT, NodeKey
+from .names import check_component
+
+log = logging.getLogger(__name__)
+
+STATS_NAME = ".radosfs-stats"   # read-only JSON counters at the mount root
+
+
+class RootNode(DirNode):
+    def __init__(self, fs: MountContext) -> None:
+        super().__init__(fs, NodeKey(ROOT))
+
+    async def lookup(self, name: str) -> Node:
+        if name == STATS_NAME:
+            return self.kinds.stats_file()
+        if not await self.fs.conn.pool_exists(name):
+            await self.fs.conn.latest_osdmap()  # made by another client just now?
+            if not await self.fs.conn.pool_exists(name):
+                raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        return await self.kinds.pool(name)
+
+    async def entries(self):
+        await self.fs.conn.latest_osdmap()  # pools made or removed elsewhere just now
+        pools = await self.fs.conn.list_pools()
+        batch: list[Entry] = []
+        for name in sorted(pools):
+            node = await self.kinds.pool(name)
+            batch.append((name, node, await node.attributes()))
+        yield batch
+
+    async def mkdir(self, name: str) -> Node:
+        check_component(name)
+        if await self.fs.conn.pool_exists(name):
+            raise RadosFSError(errno.EEXIST, f"pool {name} exists")
+        await self.fs.conn.create_pool(name)
+        log.info("created pool %s", name)
+        return await self.lookup(name)
+
+    async def rmdir(self, name: str) -> None:
+        if not await self.fs.conn.pool_exists(name):
+            raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        if not self.fs.options.allow_pool_delete:
+            raise RadosFSError(errno.EPERM, f"pool {name} not removed: mount with "
+                                            f"allow_pool_delete to remove pools")
+        io = await self.fs.conn.ioctx(name)
+        it = await self.fs.bridge.run(io.list_objects)
+        first = await self.fs.bridge.run(lambda: list(itertools.islice(it, 1)))
+        if first:
+            raise RadosFSError(errno.ENOTEMPTY, f"pool {name} is not empty")
+        try:
+            await self.fs.conn.delete_pool(name)
+        except rados.Error as exc:
+            if errno_of(exc) == errno.EPERM:
+                raise RadosFSError(errno.EPERM, f"the cluster refused to delete pool {name} "
+                                                f"(mon_allow_pool_delete is false?)") from exc
+            raise
+        self.kinds.forget_pool(name)
+        log.info("removed pool %s", name)
+
+    async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> FileNode:
+        raise RadosFSError(errno.EPERM, "only pools (directories) live at the top level")
