@@ -75,10 +75,14 @@ class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, fs: MountContext, root: DirNode) -> None:
+    def __init__(self, fs: MountContext, root: DirNode,
+                 invalidate: Callable[[int, bool], None] = pyfuse3.invalidate_inode) -> None:
+        """`invalidate(inode, attr_only)` tells the kernel its cache of an inode is stale
+        (pyfuse3's, unless driven without FUSE)."""
         super().__init__()
         self.fs = fs
         self.root = root
+        self._invalidate = invalidate
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -255,7 +259,7 @@ class Operations(pyfuse3.Operations):
         if node.kernel_size is not None and node.kernel_size != f.size:
             # Changed elsewhere (close-to-open): the kernel's cached size is stale too.
             # attr_only never touches pages, so it cannot block on this very request.
-            await trio.to_thread.run_sync(pyfuse3.invalidate_inode, inode, True)
+            await trio.to_thread.run_sync(self._invalidate, inode, True)
         return self._handle(node, f, writable, keep)
 
     @fuse_errors

@@ -5,17 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
 from radosfs.dev.cluster import LocalCluster
+from radosfs.dev.mount_process import REPO, MountProcess, env_with_repo  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def pytest_configure(config):
@@ -36,61 +34,13 @@ def cluster():
         shutil.rmtree(base, ignore_errors=True)
 
 
-class Mount:
+class Mount(MountProcess):
     """A radosfs mount made by the real mount command, unmounted on close."""
 
     def __init__(self, cluster: LocalCluster, path: Path, options: str = "",
                  log: Path | None = None) -> None:
         self.cluster = cluster
-        self.path = path
-        self.log = log or path.with_suffix(".log")
-        path.mkdir(parents=True, exist_ok=True)
-        opts = f"conf={cluster.conf_path}" + (f",{options}" if options else "")
-        res = subprocess.run([sys.executable, "-m", "radosfs.mount", "none", str(path),
-                              "-o", opts, "--log", str(self.log)],
-                             capture_output=True, text=True, timeout=60, cwd=REPO,
-                             env=env_with_repo())
-        if res.returncode != 0:
-            raise RuntimeError(f"mount failed: {res.stderr.strip()}\n{self.read_log()}")
-
-    def read_log(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def alive(self) -> bool:
-        """Whether the daemon still answers (a dead one gives ENOTCONN to everything)."""
-        try:
-            os.stat(self.path)
-            os.statvfs(self.path)
-            return True
-        except OSError:
-            return False
-
-    def close(self) -> None:
-        if os.path.ismount(self.path) and not self.alive():
-            # A daemon that died leaves a dead FUSE mount: detach it without waiting.
-            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
-                           capture_output=True)
-            return
-        if os.path.ismount(self.path):
-            subprocess.run(["fusermount3", "-u", str(self.path)], timeout=120, check=False)
-            deadline = time.monotonic() + 30
-            while os.path.ismount(self.path) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if os.path.ismount(self.path):
-                subprocess.run(["fusermount3", "-uz", str(self.path)], check=False)
-        # The daemon writes back and exits after the unmount; wait for its last line.
-        deadline = time.monotonic() + 30
-        while "unmounted" not in self.read_log() and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-    def __truediv__(self, other: str) -> Path:
-        return self.path / other
-
-
-def env_with_repo() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+        super().__init__(path, cluster.conf_path, options, log, timeout=60)
 
 
 @pytest.fixture(scope="session")

@@ -14,13 +14,10 @@ import time
 from pathlib import Path
 
 from .cluster import ClusterError, LocalCluster
+from .mount_process import MountProcess, daemon_pids, pid_alive
 
 DEFAULT_DIR = Path("/var/lib/radosfs-demo")
 DEFAULT_MNT = Path("/mnt/radosfs")
-
-
-def _mount_cmd() -> list[str]:
-    return [sys.executable, "-m", "radosfs.mount"]
 
 
 def start(directory: Path, mountpoint: Path) -> int:
@@ -44,11 +41,11 @@ def start(directory: Path, mountpoint: Path) -> int:
     if os.path.ismount(mountpoint):
         print(f"demo: {mountpoint} is already mounted")
     else:
-        log = directory / "radosfs.log"
-        res = subprocess.run(_mount_cmd() + ["none", str(mountpoint), "-o",
-                                             f"conf={cluster.conf_path}", "--log", str(log)])
-        if res.returncode != 0:
-            return res.returncode
+        try:
+            MountProcess(mountpoint, cluster.conf_path, log=directory / "radosfs.log")
+        except RuntimeError as exc:
+            print(f"demo: {exc}", file=sys.stderr)
+            return 1
     print(f"""
 radosfs is mounted at {mountpoint} (a local Ceph cluster in {directory}/cluster).
 
@@ -72,9 +69,9 @@ def stop(directory: Path, mountpoint: Path) -> int:
     if os.path.ismount(mountpoint):
         subprocess.run(["umount", str(mountpoint)], check=False)
     # The daemon writes everything back, then exits: wait for it before stopping the OSD.
-    pattern = f"radosfs.mount none {mountpoint}"
+    pids = daemon_pids(mountpoint)
     deadline = time.monotonic() + 120
-    while subprocess.run(["pgrep", "-f", pattern], capture_output=True).returncode == 0:
+    while any(pid_alive(p) for p in pids):
         if time.monotonic() > deadline:
             print("demo: the radosfs daemon did not exit; stopping the cluster anyway",
                   file=sys.stderr)

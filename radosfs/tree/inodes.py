@@ -23,7 +23,7 @@ class NodeKey(NamedTuple):
 
     def describe(self) -> str:
         """The path a log line names for this node."""
-        return "/".join(p for p in (self.pool, self.view, self.path) if p)
+        return "/".join(p for p in (self.pool, self.view, self.path) if p) or self.kind
 
 
 def image_key(pool: str, name: str, snapshot: str | None = None,

@@ -22,7 +22,7 @@ from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, mark_pool,
                                owner_xattrs, read_many, read_ownership)
 from ..store.striper import StripedData, piece_name, read_head, split_piece
-from .base import DirNode, Entry, FileNode, Node
+from .base import DirNode, FileNode, Node
 from .context import MountContext
 from .inodes import POOL, NodeKey
 from .names import SNAPDIR, check_component, check_object_name, valid_path_name
