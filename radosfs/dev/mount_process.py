@@ -38,6 +38,26 @@ def daemon_pids(path: Path) -> list[int]:
     return [int(p) for p in res.stdout.split() if int(p) != os.getpid()]
 
 
+def fusermount(path: Path, grace: float, complain: Callable[[str], None], what: str = "",
+               lazy: bool = False) -> None:
+    """Unmount a FUSE mount: `fusermount3 -u` (-uz if `lazy`), retried while busy for
+    `grace` seconds, then lazily, telling `complain` (about "{what}{path}")."""
+    deadline = time.monotonic() + grace
+    error = ""
+    while os.path.ismount(path) and time.monotonic() < deadline:
+        res = subprocess.run(["fusermount3", "-uz" if lazy else "-u", str(path)], timeout=120,
+                             check=False, capture_output=True, text=True)
+        if res.returncode == 0:
+            break
+        error = res.stderr.strip()  # busy right after a killed writer: retry
+        time.sleep(1)
+    while os.path.ismount(path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if os.path.ismount(path):
+        complain(f"{what}{path} still mounted after {grace:g} s ({error}): lazy unmount")
+        subprocess.run(["fusermount3", "-uz", str(path)], check=False, capture_output=True)
+
+
 class MountProcess:
     """One mount. `options` are -o options beyond conf=; `complain(msg)` hears about
     anything unusual at unmount (a busy mount, a daemon that had to be killed)."""
@@ -91,21 +111,7 @@ class MountProcess:
             # A daemon that died leaves a dead FUSE mount: detach it without waiting.
             subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
                            capture_output=True)
-        deadline = time.monotonic() + grace
-        error = ""
-        while os.path.ismount(self.path) and time.monotonic() < deadline:
-            res = subprocess.run(["fusermount3", "-u", str(self.path)], timeout=120,
-                                 check=False, capture_output=True, text=True)
-            if res.returncode == 0:
-                break
-            error = res.stderr.strip()  # busy right after a killed writer: retry
-            time.sleep(1)
-        while os.path.ismount(self.path) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if os.path.ismount(self.path):
-            self.complain(f"{self.path} still mounted after {grace:g} s ({error}): lazy unmount")
-            subprocess.run(["fusermount3", "-uz", str(self.path)], check=False,
-                           capture_output=True)
+        fusermount(self.path, grace, self.complain)
         deadline = time.monotonic() + 2 * grace
         while "unmounted" not in self.read_log() and time.monotonic() < deadline:
             if self.pid is not None and not pid_alive(self.pid):

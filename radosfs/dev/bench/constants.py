@@ -1,0 +1,14 @@
+"""The benchmark's units and the shape of its workload (sizes, counts, requests in flight)."""
+
+MiB = 1 << 20
+GiB = 1 << 30
+OBJ = 4 * MiB                 # object size of the aio loop (the striper's default too)
+BIG_DEPTH = 16                # aio requests in flight, big objects
+SMALL_DEPTH = 32              # aio requests in flight, small objects
+SMALL_COUNT = 1000
+SMALL_SIZE = 4096
+LIST_COUNT = 10_000
+REREAD_SIZE = 256 * MiB
+RSS_INTERVAL = 0.05
+RSS_MARGIN = 150 * MiB
+PY_SPY_CANDIDATES = ("py-spy", "/tmp/tv/bin/py-spy")
