@@ -54,7 +54,7 @@ def _func(frame: str) -> str:
     if not m:
         return frame
     name, file = m.groups()
-    parent = re.search(r"(radosfs|trio|pyfuse3)/[^/]+$", frame.rsplit("(", 1)[-1].split(":")[0])
+    parent = re.search(r"(radosfs|trio|pyfuse3)/(?:[^/]+/)*[^/]+$", frame.rsplit("(", 1)[-1].split(":")[0])
     return f"{name} ({parent.group(0) if parent else file})"
 
 
