@@ -449,7 +449,6 @@ def test_missing_pieces_and_short_reads_of_striped_file_are_zeros(m, pool, clust
 # Defect 2: a file whose layout changes (plain <-> striped) elsewhere becomes ENOENT.
 # =========================================================================================
 
-@xfail(2, "the node keeps the plain backend after the other mount made the file striped")
 def test_other_mount_grows_file_past_threshold(m, mount_b, pool, cluster, tmp_path):
     a, b = m / pool / "grows", mount_b / pool / "grows"
     first = os.urandom(3 * MiB)
@@ -470,7 +469,6 @@ def test_other_mount_grows_file_past_threshold(m, mount_b, pool, cluster, tmp_pa
     run(["cmp", str(b), "-"], input=want)
 
 
-@xfail(2, "a striped file replaced by a plain object (CLI) stays ENOENT")
 def test_cli_replaces_striped_file_by_plain_object(m, pool, cluster, tmp_path):
     f = m / pool / "s2p"
     striped, plain = os.urandom(MiB + 1), os.urandom(200_001)
@@ -487,7 +485,6 @@ def test_cli_replaces_striped_file_by_plain_object(m, pool, cluster, tmp_path):
     assert cli_ls(cluster, pool) == {b"s2p"}
 
 
-@xfail(2, "a plain object replaced by a striped file (CLI) stays ENOENT")
 def test_cli_replaces_plain_object_by_striped_file(m, pool, cluster, tmp_path):
     f = m / pool / "p2s"
     plain, striped = os.urandom(300_000), os.urandom(2 * MiB + 9)
@@ -507,7 +504,6 @@ def test_cli_replaces_plain_object_by_striped_file(m, pool, cluster, tmp_path):
 # Defect 3: open file descriptors are bound to the name, not to the file.
 # =========================================================================================
 
-@xfail(3, "writes through a descriptor go to the old name after mv")
 def test_write_after_mv_goes_to_new_name(m, pool, cluster, tmp_path):
     d = m / pool
     data = os.urandom(MiB)
@@ -519,7 +515,6 @@ def test_write_after_mv_goes_to_new_name(m, pool, cluster, tmp_path):
     run(["cmp", str(d / "g"), "-"], input=data + b"tail\n")
 
 
-@xfail(3, "a write through a descriptor recreates the unlinked file")
 def test_write_after_unlink_does_not_recreate(m, pool, cluster, tmp_path):
     d = m / pool
     sh("exec 4>u; echo one >&4; rm u; echo two >&4; exec 4>&-", cwd=d)
@@ -528,7 +523,6 @@ def test_write_after_unlink_does_not_recreate(m, pool, cluster, tmp_path):
     assert os.listdir(d) == []
 
 
-@xfail(3, "the old writer's late write lands in the file renamed over its name")
 def test_rename_over_open_file_is_not_corrupted_by_old_writer(m, pool, cluster, tmp_path):
     d = m / pool
     sh("echo OLD > t; exec 5>>t; echo NEW > t.tmp; mv t.tmp t; echo LATE >&5; exec 5>&-",
@@ -553,7 +547,6 @@ json.dump(out, sys.stdout)
 """
 
 
-@xfail(3, "stat of a just-renamed open file shows size 0 (stale lookup result)")
 def test_stat_of_renamed_open_file_shows_its_size(m, pool, cluster, tmp_path):
     d = m / pool
     out = json.loads(run([sys.executable, "-c", STAT_AFTER_RENAME, str(d)]).stdout)
@@ -582,7 +575,6 @@ sys.stdout.buffer.write(first + rest)
 """
 
 
-@xfail(3, "a descriptor open for reading gets ENOENT once the file is renamed")
 def test_read_through_descriptor_after_mv(m, pool, cluster, tmp_path):
     d = m / pool
     data = os.urandom(3 * MiB + 17)
@@ -592,7 +584,6 @@ def test_read_through_descriptor_after_mv(m, pool, cluster, tmp_path):
     assert cli_ls(cluster, pool) == {b"r2"}
 
 
-@xfail(3, "an unlinked open file does not live until close (reads give ENOENT)")
 def test_read_through_descriptor_after_unlink(m, pool, cluster, tmp_path):
     d = m / pool
     data = os.urandom(3 * MiB + 17)
@@ -980,7 +971,6 @@ def omap_header(cluster, pool: str, oid: str, tmp: Path) -> bytes:
     return data
 
 
-@xfail(7, "rename copies data, xattrs and mtime but not omap keys")
 def test_mv_carries_omap_keys(m, pool, cluster, tmp_path):
     d = m / pool
     sh("printf 'some data\\n' > f", cwd=d)
