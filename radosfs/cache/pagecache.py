@@ -31,6 +31,7 @@ import trio
 
 from ..errors import RadosFSError, errno_of
 from .backend import Backend
+from .orphan import OrphanBackend
 from .pages import PAGE_SIZE, CachedFile, Page, ReadState
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,98 @@ class PageCache:
     async def release(self, f: CachedFile) -> None:
         """Last step of close(): the file was flushed already; keep its clean pages."""
         f.opens -= 1
+        if f.opens <= 0 and isinstance(f.backend, OrphanBackend):
+            # The last close of an unlinked file: it is gone now.
+            while f.in_transit:
+                await f.idle.wait()
+            if f.opens <= 0:
+                self._drop_pages(f, keep_dirty=False)
+                if self.files.get(f.key) is f:
+                    del self.files[f.key]
+                f.backend.close()
+            return
         if f.opens <= 0 and not f.pages and not f.dirty:
             self.files.pop(f.key, None)
+
+    # ---- a file's stored data moves (rename) or goes (unlink) while it is cached -------
+
+    async def freeze(self, f: CachedFile) -> None:
+        """Hold back every write-back and truncate of `f` (writes still go into its pages);
+        returns once none is in flight, so its backend can be copied and replaced. One
+        freeze at a time; end it with `thaw`."""
+        while f.frozen is not None:
+            await f.frozen.wait()
+        f.frozen = trio.Event()
+        try:
+            while f.in_transit:
+                await f.idle.wait()
+        except BaseException:
+            self.thaw(f)
+            raise
+
+    def thaw(self, f: CachedFile) -> None:
+        event, f.frozen = f.frozen, None
+        if event is not None:
+            event.set()
+        self.progress.unpark_all()
+        if f.error is None:
+            self._start_writeback(f, full_only=True)
+
+    def _rekey(self, f: CachedFile, key: Hashable) -> None:
+        """File `f` under another key (no await: the LRU entries follow at once)."""
+        if self.files.get(f.key) is f:
+            del self.files[f.key]
+        for idx in f.pages:
+            if (f.key, idx) in self.lru:
+                del self.lru[(f.key, idx)]
+                self.lru[(key, idx)] = None
+        f.key = key
+        self.files[key] = f
+
+    def move(self, f: CachedFile, backend: Backend) -> None:
+        """A rename: the (frozen) file's stored data now is `backend`'s, which holds what
+        the old one held; the cached file follows it, with its pages and dirty data, so
+        the descriptors open on it read and write the file at its new name. Whatever was
+        cached for the new name (the file renamed over) is dropped."""
+        other = self.files.get(backend.key)
+        if other is not None and other is not f:
+            self._drop_pages(other, keep_dirty=False)
+            del self.files[backend.key]
+        self._rekey(f, backend.key)
+        f.backend = backend
+
+    async def detach(self, f: CachedFile, keep_limit: int | None = None) -> None:
+        """The (open) file's stored data is about to be removed: copy what it holds into
+        memory (if at most `keep_limit` bytes, half the cache budget by default) and serve
+        the file from there until its last close. Writes through its descriptors stay in
+        this mount; none reaches the removed object (nor a new file of the same name)."""
+        limit = self.budget // 2 if keep_limit is None else keep_limit
+        await self.freeze(f)
+        try:
+            stored = f.stored_size
+            data: bytearray | None = None
+            if stored <= limit:
+                data = bytearray()
+                try:
+                    while len(data) < stored:
+                        chunk = await f.backend.read(len(data),
+                                                     min(stored - len(data), 8 << 20))
+                        if not chunk:
+                            break
+                        data += chunk
+                except Exception as exc:  # noqa: BLE001 -- kept: what the pages hold
+                    log.warning("unlink of open %s: its data could not be kept (%s); "
+                                "reads of what is not cached will fail", f.key, exc)
+                    data = None
+            else:
+                log.info("unlink of open %s: %d bytes, more than %d kept in memory; reads "
+                         "of what is not cached will fail (ESTALE)", f.key, stored, limit)
+            orphan = OrphanBackend(data, stored, f.backend.write_unit, f.key)
+            self._rekey(f, orphan.key)
+            f.backend = orphan
+            f.version = await orphan.version()
+        finally:
+            self.thaw(f)
 
     async def forget(self, key: Hashable) -> None:
         """The stored file is going away (unlink): drop everything, wait for writes."""
@@ -392,7 +483,7 @@ class PageCache:
         return runs
 
     def _start_writeback(self, f: CachedFile, full_only: bool) -> None:
-        if self.nursery is None or not f.dirty_pages:
+        if self.nursery is None or not f.dirty_pages or f.frozen is not None:
             return
         # The backend may ask to hold back write-behind (not flush or back-pressure).
         if not f.backend.plan_writeback(f.size, f.stored_size) and full_only:
@@ -482,6 +573,9 @@ class PageCache:
         and the next flush tries again.
         """
         while True:
+            if f.frozen is not None:  # its stored data is moving (rename, unlink)
+                await f.frozen.wait()
+                continue
             self._start_writeback(f, full_only=False)
             await f.idle.wait()
             # Not just `dirty_pages`: someone else (another flush, write-behind) may have
@@ -537,8 +631,11 @@ class PageCache:
         """Resize now (write-through): drop or trim pages past the new end."""
         # Writes in flight past the new end would land after the truncate and undo it.
         # (A loop: whoever else was waiting for idle may have started another meanwhile.)
-        while f.in_transit:
-            await f.idle.wait()
+        while f.in_transit or f.frozen is not None:
+            if f.frozen is not None:
+                await f.frozen.wait()
+            else:
+                await f.idle.wait()
         # So cut the pages first: a write-back started while the backend truncates (by
         # another writer's back-pressure) must find nothing past the new end to write,
         # and a read meanwhile nothing to cache there.

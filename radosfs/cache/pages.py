@@ -52,6 +52,9 @@ class CachedFile:
         # hold bytes from before it, which must not reappear past the cut.
         self.resizes = 0
         self.dirty_since: float | None = None  # trio clock: when unwritten data appeared
+        # Set while a rename or unlink moves the stored data: no write-back (or truncate)
+        # starts until it is set again (writes still go into the pages).
+        self.frozen: trio.Event | None = None
 
     @property
     def dirty(self) -> bool:

@@ -4,6 +4,11 @@
 The switch happens inside the backend while the file is in use, so the page cache and the
 node above never see it. Plain I/O that is already under way finishes before the data is
 moved, and I/O that arrives meanwhile waits and then goes to the striped set.
+
+Another client may change the layout too (append past the threshold, `rados --striper rm`
+then `rados put`): when the object is not where the backend thinks (ENOENT), it looks for
+the other layout and follows it (`relocate`); a lookup that saw the layout tells it
+directly (`adopt`). So close-to-open holds whatever the layout.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from ..client.bridge import Bridge
 from ..errors import RadosFSError
 from .keys import StoreKey
 from .rados_ops import read_object, stat_object, write_object
-from .striper import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped
+from .striper import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped, read_head
 
 
 class ObjectBackend:
@@ -79,6 +84,42 @@ class ObjectBackend:
             finally:
                 self._converting = False
 
+    # ---- the layout, as another client may have changed it ---------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Our own I/O or conversion is under way: the layout is ours to decide."""
+        return self._converting or self._plain_ops > 0 or self._convert_lock.locked()
+
+    def adopt(self, striped: StripedData | None) -> None:
+        """A lookup or listing just found the file plain (None) or striped: follow it,
+        unless our own I/O is under way (then what we see is ours, and newer)."""
+        if self.busy:
+            return
+        if striped is None:
+            self.striped = None
+        elif self.striped is None or self.striped.layout != striped.layout:
+            self.striped = striped
+
+    async def relocate(self) -> bool:
+        """The file is not where we thought (ENOENT): look for it in the other layout.
+        True if found there (the backend now uses it)."""
+        async with self._convert_lock:
+            if self.striped is None:
+                head = await read_head(self.bridge, self.ioctx, self.name)
+                if head is None:
+                    return False
+                self.striped = StripedData(self.bridge, self.ioctx, self.name, *head)
+                return True
+            try:
+                await stat_object(self.bridge, self.ioctx, self.name)
+            except RadosFSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                return False
+            self.striped = None
+            return True
+
     # ---- the Backend protocol --------------------------------------------------------
 
     def plan_writeback(self, size: int, stored_size: int) -> bool:
@@ -89,12 +130,29 @@ class ObjectBackend:
         return not (self.striped is None and stored_size == 0 and size <= STRIPE_THRESHOLD)
 
     async def stat(self) -> tuple[int, float]:
+        try:
+            return await self._stat()
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT or not await self.relocate():
+                raise
+        return await self._stat()
+
+    async def _stat(self) -> tuple[int, float]:
         if self.striped is not None:
             return await self.striped.stat()
         res, done = await self._plain(stat_object)
         return res if done else await self.striped.stat()  # type: ignore[union-attr]
 
     async def read(self, offset: int, length: int) -> bytes:
+        try:
+            return await self._read(offset, length)
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT or self.striped is not None \
+                    or not await self.relocate():
+                raise
+        return await self._read(offset, length)
+
+    async def _read(self, offset: int, length: int) -> bytes:
         if self.striped is None:
             res, done = await self._plain(read_object, offset, length)
             if done:

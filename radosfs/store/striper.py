@@ -23,6 +23,7 @@ import trio
 
 from ..client.bridge import Bridge, concurrently
 from ..errors import RadosFSError, errno_of
+from .copy import read_omap, write_meta
 from .rados_ops import operate, read_object, stat_object, write_object
 
 STRIPE_THRESHOLD = 64 << 20
@@ -272,6 +273,14 @@ async def convert_to_striped(bridge: Bridge, io: rados.Ioctx, name: str, size: i
             return {}
     xattrs = await bridge.run(user_xattrs)
     striped = await StripedData.create(bridge, io, name, layout, xattrs)
+    # The omap keys go to piece 0 with the xattrs (see store/copy.py; not the header).
+    def move_omap() -> None:
+        try:
+            omap = read_omap(io, name)
+        except rados.ObjectNotFound:
+            return
+        write_meta(io, piece_name(name, 0), {}, omap)
+    await bridge.run(move_omap)
     pos = 0
     step = layout.object_size
     while pos < size:

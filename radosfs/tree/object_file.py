@@ -10,11 +10,13 @@ import rados
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError, errno_of
+from ..cache import CachedFile
+from ..store.copy import copy_metadata
 from ..store.keys import StoreKey
 from ..store.object_backend import ObjectBackend
-from ..store.ownership import ATTRS_XATTR, NO_OVERRIDE, Ownership, mark_pool, read_ownership
+from ..store.ownership import ATTRS_XATTR, Ownership, mark_pool, read_ownership
 from ..store.rados_ops import MAX_IO, operate, stat_object
-from ..store.striper import INTERNAL_XATTRS, StripedData, read_head
+from ..store.striper import INTERNAL_XATTRS, StripedData
 from .base import FRESH_SECONDS, FileNode
 from .context import MountContext
 from .inodes import OBJECT, NodeKey
@@ -37,23 +39,42 @@ class ObjectFile(FileNode):
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
         self._fresh: tuple[int, float, float] | None = None
+        #: unlinked (or renamed over) while open: the cached file that lives on until
+        #: its last close, detached from any stored object (see PageCache.detach)
+        self._orphan: CachedFile | None = None
 
     @property
     def backend_key(self) -> StoreKey:
+        if self._orphan is not None:
+            return self._orphan.key  # type: ignore[return-value]
         return StoreKey.object(self.pool, self.oid, self.snap)
 
     def remember(self, size: int, mtime: float, owner: Ownership | None = None,
                  fresh: bool = False, striped: StripedData | None = None) -> None:
-        """What a lookup or listing just read; `fresh` lets the getattr that follows
-        within the same request use it instead of asking the cluster again."""
+        """What a lookup or listing just read (`striped`: its layout, None = a plain
+        object); `fresh` lets the getattr that follows within the same request use it
+        instead of asking the cluster again."""
         super().remember(size, mtime, owner)
         self._fresh = (size, mtime, time.monotonic()) if fresh else None
-        if striped is not None and self._backend is None:
+        if self._orphan is not None:
+            return
+        if self._backend is None:
             self._striped = striped
+            return
+        # Close-to-open whatever the layout: another client may have made the file
+        # striped or plain since we looked. A file in use here keeps what it has (the
+        # backend follows its own conversions, and relocates on ENOENT).
+        f = self.fs.cache.get(self.backend_key)
+        if f is None or not f.in_use:
+            self._backend.adopt(striped)
 
     @property
     def striped(self) -> bool:
         return (self._backend.striped if self._backend else self._striped) is not None
+
+    @property
+    def orphaned(self) -> bool:
+        return self._orphan is not None
 
     async def ioctx(self) -> rados.Ioctx:
         if self.view is not None:
@@ -61,12 +82,16 @@ class ObjectFile(FileNode):
         return await self.fs.conn.ioctx(self.pool)
 
     async def backend(self) -> ObjectBackend:
+        if self._orphan is not None:
+            return self._orphan.backend  # type: ignore[return-value]
         if self._backend is None:
             self._backend = ObjectBackend(self.fs.bridge, await self.ioctx(), self.pool,
                                           self.oid, self.snap, self._striped)
         return self._backend
 
     async def stored_attrs(self) -> tuple[int, float]:
+        if self._orphan is not None:
+            return self._orphan.size, self.mtime or self.fs.mount_time
         fresh, self._fresh = self._fresh, None
         if fresh is not None and time.monotonic() - fresh[2] < FRESH_SECONDS:
             return fresh[0], fresh[1]
@@ -82,21 +107,14 @@ class ObjectFile(FileNode):
                                                   backend.head_oid)
 
     async def _stat(self, backend: ObjectBackend) -> tuple[int, float]:
-        try:
-            size, mtime = await backend.stat()
-        except RadosFSError as exc:
-            if exc.errno != errno.ENOENT or backend.striped is not None:
-                raise
-            # Converted to the striped layout (by another client) since we looked.
-            head = await read_head(self.fs.bridge, backend.ioctx, self.oid)
-            if head is None:
-                raise
-            backend.striped = StripedData(self.fs.bridge, backend.ioctx, self.oid, *head)
-            size, mtime = await backend.stat()
+        # (A layout changed by another client is followed by the backend itself.)
+        size, mtime = await backend.stat()
         self.mtime = mtime
         return size, mtime
 
     async def _head(self) -> tuple[rados.Ioctx, str]:
+        if self._orphan is not None:
+            raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed (still open)")
         backend = await self.backend()
         return backend.ioctx, backend.head_oid
 
@@ -142,48 +160,82 @@ class ObjectFile(FileNode):
         self.owner = owner
 
     async def set_mtime(self, mtime: float) -> None:
+        if self._orphan is not None:  # futimens on an unlinked file: nothing stored
+            self.mtime = float(int(mtime))
+            return
         io, oid = await self._head()
         # A write op that changes no data but carries the mtime we want stored.
         await self.fs.bridge.run(operate, io, oid, lambda op: op.write(b"", 0), mtime)
         self.mtime = float(int(mtime))
 
     async def remove(self) -> None:
-        await self.fs.cache.forget(self.backend_key)
-        await (await self.backend()).remove()
+        """unlink, or the file a rename replaces: the stored object (or set) goes.
+
+        Descriptors still open on it keep the file until their last close, detached from
+        RADOS (`PageCache.detach`): they read what it held, their writes stay in memory,
+        and nothing they do reaches the removed object or a new file of the same name.
+        """
+        if self._orphan is not None:
+            raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed already")
+        key = self.backend_key
+        backend = await self.backend()
+        f = self.fs.cache.get(key)
+        if f is not None and f.opens > 0:
+            await self.fs.cache.detach(f)
+            self._orphan = f
+        else:
+            await self.fs.cache.forget(key)
+        await backend.remove()
 
     async def rename_to(self, target: FileNode) -> None:
-        """RADOS has no rename: copy data, xattrs and mtime to the target, then remove us;
-        from then on this node is the file at the target's name (its backend too).
+        """RADOS has no rename: copy data, xattrs, omap and mtime to the target's name,
+        then remove us; from then on this node is the file at the target's name.
 
+        The cached file moves with it (`PageCache.move`): descriptors open on it read and
+        write the file at its new name, and its dirty data is written there. Write-back is
+        held while the stored bytes are copied, so none lands in the old object after.
         Not atomic: a crash in between leaves both names (never neither).
         """
         if not isinstance(target, ObjectFile):
             await super().rename_to(target)
             return
-        f = self.fs.cache.get(self.backend_key)
-        if f is not None and f.dirty:
-            await self.fs.cache.flush(f)
-        old_key = self.backend_key
-        await self._copy_to(target)
-        await self.fs.cache.forget(old_key)
-        self.oid = target.oid
-        self._backend, self._striped = target._backend, target._striped
-
-    async def _copy_to(self, target: ObjectFile) -> None:
+        if self._orphan is not None:
+            raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed")
+        cache = self.fs.cache
         src = await self.backend()
+        f = cache.get(self.backend_key)
+        if f is not None:
+            await cache.freeze(f)
+        try:
+            dst = await self._copy_to(src, target)
+            if f is not None:
+                cache.move(f, dst)
+                f.version = await dst.version()
+            self.oid = target.oid
+            self._backend, self._striped = dst, dst.striped
+        finally:
+            if f is not None:
+                cache.thaw(f)
+        await src.remove()
+
+    async def _copy_to(self, src: ObjectBackend, target: ObjectFile) -> ObjectBackend:
+        """A new stored file at the target's name holding what `src` stores (the target's
+        old file removed first); returns its backend."""
         size, mtime = await src.stat()
-        xattrs = {k: await self.get_xattr(k) for k in await self.list_xattrs()}
         try:
             await target.remove()
         except RadosFSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-        target._backend = None
-        target._striped = None
-        dst = await target.backend()
-        io = dst.ioctx
-        await self.fs.bridge.run(operate, io, target.oid, lambda op: op.new(
-            rados.LIBRADOS_CREATE_EXCLUSIVE))
+        bridge, io = self.fs.bridge, src.ioctx
+        if src.striped is not None:
+            striped = await StripedData.create(bridge, io, target.oid, src.striped.layout)
+            dst = ObjectBackend(bridge, io, self.pool, target.oid, self.snap, striped)
+        else:
+            dst = ObjectBackend(bridge, io, self.pool, target.oid, self.snap)
+            await bridge.run(operate, io, target.oid, lambda op: op.new(
+                rados.LIBRADOS_CREATE_EXCLUSIVE))
+        dst.plan_writeback(size, 0)  # the size it will have: no detour through plain
         pos = 0
         while pos < size:
             chunk = await src.read(pos, min(size - pos, MAX_IO))
@@ -193,12 +245,12 @@ class ObjectFile(FileNode):
             pos += len(chunk)
         if pos < size:
             await dst.truncate(size)
-        for k, v in xattrs.items():
-            await target.set_xattr(k, v)
-        if self.owner != NO_OVERRIDE:
-            await target.set_ownership(self.owner)
-        await target.set_mtime(mtime)
-        await src.remove()
+        hidden = INTERNAL_XATTRS if src.striped is not None else ()
+        await copy_metadata(bridge, io, src.head_oid, dst.head_oid, skip_xattrs=hidden)
+        # Last: the data and metadata writes above stamped "now".
+        await bridge.run(operate, io, dst.head_oid, lambda op: op.write(b"", 0), mtime)
+        self.mtime = float(int(mtime))
+        return dst
 
 
 async def _object_xattrs(fs: MountContext, io: rados.Ioctx, oid: str) -> dict[str, bytes]:
