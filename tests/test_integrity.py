@@ -323,7 +323,6 @@ def inactive_pool(cluster, tmp_path):
 TAILS = [4096, 12288, 30000, 65536, 100000, 150000]
 
 
-@xfail(1, "aio_read past a piece's end hands over an uninitialized full-length buffer")
 def test_striped_tail_past_short_piece_reads_zeros(m, pool, cluster, tmp_path):
     """The issue's reproduction, for several tail lengths, after the daemon's heap has
     been made dirty: the bytes past the 1-byte piece must read as zeros."""
@@ -367,7 +366,6 @@ os.close(fd)
 """
 
 
-@xfail(1, "the garbage read in is written back to RADOS by an mmap write")
 def test_mmap_byte_writes_keep_zeros_in_rados(m, pool, cluster, tmp_path):
     """A 1-byte write through mmap in each 4 KiB page of the tail: the kernel reads each
     page in and writes it back whole, so RADOS must still hold zeros around the bytes."""
@@ -390,7 +388,6 @@ def test_mmap_byte_writes_keep_zeros_in_rados(m, pool, cluster, tmp_path):
     assert not bad, f"bytes in RADOS that were never written (per file): {bad}"
 
 
-@xfail(1, "aio_read past the end of a plain object hands over an uninitialized buffer")
 def test_read_past_end_of_object_shrunk_while_open_reads_zeros(m, pool, cluster, tmp_path):
     """An object replaced by a shorter one while a descriptor holds it open: reading where
     the old one had data gives old data, zeros or EOF -- never other memory."""
@@ -411,7 +408,6 @@ def test_read_past_end_of_object_shrunk_while_open_reads_zeros(m, pool, cluster,
     assert not bad, f"non-zero bytes past the object's end: {bad}"
 
 
-@xfail(1, "aio_read in a snapshot view past a short piece's end returns garbage")
 def test_snapshot_view_of_sparse_striped_file_reads_zeros(m, pool, cluster, tmp_path):
     d = m / pool
     for i, tail in enumerate(TAILS):
