@@ -134,15 +134,6 @@ class Bridge:
         return rest
 
 
-def read_buffer(rv: Any, data: Any) -> bytes:
-    """The bytes an asynchronous read really returned: the first `rv` of the buffer.
-
-    The bindings only shrink the buffer when 0 < rv < length; at rv == 0 they pass the
-    whole uninitialized buffer. Never trust the buffer's length."""
-    if not data or not isinstance(rv, int) or rv <= 0:
-        return b""
-    return bytes(data[:rv]) if len(data) > rv else data
-
     async def aio_many(self, submits: list[Callable[[Callable[..., None]], Any]]
                        ) -> list[tuple | BaseException]:
         """Many small asynchronous calls (e.g. a listing's stats) with one wake-up.
@@ -219,3 +210,13 @@ async def concurrently() -> AsyncIterator[trio.Nursery]:
             yield nursery
     except BaseExceptionGroup as group:
         raise first_error(group) from None
+
+
+def read_buffer(rv: Any, data: Any) -> bytes:
+    """The bytes an asynchronous read really returned: the first `rv` of the buffer.
+
+    The bindings only shrink the buffer when 0 < rv < length; at rv == 0 they pass the
+    whole uninitialized buffer. Never trust the buffer's length."""
+    if not data or not isinstance(rv, int) or rv <= 0:
+        return b""
+    return bytes(data[:rv]) if len(data) > rv else data
