@@ -24,7 +24,8 @@ from ..store.striper import StripedData, piece_name, read_head, split_piece
 from .base import DirNode, FileNode, Node
 from .context import MountContext
 from .inodes import POOL, NodeKey
-from .names import SNAPDIR, Skipped, check_component, check_object_name, shown_names
+from .names import (NOT_UTF8, SNAPDIR, Skipped, check_component, check_object_name,
+                    path_problem, shown_names)
 from .pool_state import BTIME_XATTR, INDEX_MIN_TTL, PoolIndex, PoolView, btime, parent_dirs
 
 log = logging.getLogger(__name__)
@@ -385,10 +386,14 @@ class PoolDir(DirNode):
 
         # Raw names: one that cannot be shown still keeps its directory from being removed.
         raw_prefix = prefix.encode()
-        names = [n for n in await self.fs.conn.list_names(self.pool)
-                 if n.startswith(raw_prefix) and n != raw_prefix]
+        raw = [n for n in await self.fs.conn.list_names(self.pool)
+               if n.startswith(raw_prefix) and n != raw_prefix]
+        names = [n.decode() for n in raw if path_problem(n) != NOT_UTF8]
+        unshowable = len(raw) - len(names)  # python-rados cannot stat them: kept as there
         if names and await self.may_list_ghosts():
             names = list(await self.existing(io, names))
+        if unshowable:
+            names.extend(["(unshowable)"] * unshowable)
         if names:
             raise RadosFSError(errno.ENOTEMPTY, f"{self.pool}/{prefix} is not empty")
         try:
