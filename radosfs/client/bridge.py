@@ -85,13 +85,19 @@ class Bridge:
             self.stats["errors"] += 1
             raise
 
-    async def aio(self, submit: Callable[[Callable[..., None]], Any], nbytes: int = 0) -> tuple:
+    async def aio(self, submit: Callable[[Callable[..., None]], Any], nbytes: int = 0,
+                  with_length: bool = False) -> tuple:
         """Submit one asynchronous call and wait for its completion.
 
         `submit(oncomplete)` must start the call and arrange for `oncomplete(comp, *result)`
         to be called when it finishes (the bindings' own callback signature). Returns the
         extra callback arguments, e.g. `(data,)` for aio_read. Raises `RadosFSError` with
         the errno when the return value is negative.
+
+        With `with_length`, returns `(rv, *extra)`: the completion's non-negative return
+        value first. Reads must use it: python-rados and python-rbd hand a read that
+        returned 0 (at or past the end) a buffer of the full requested length with
+        uninitialized contents; only the first `rv` bytes were read (`read_buffer`).
         """
         await self.throttle.acquire(nbytes)
         done = trio.Event()
@@ -116,7 +122,9 @@ class Bridge:
             self.stats["errors"] += 1
             raise
         await done.wait()
-        return self._result(*box[0])
+        rv, rest = box[0]
+        rest = self._result(rv, rest)
+        return (rv, *rest) if with_length else rest
 
     def _result(self, rv: Any, rest: tuple) -> tuple:
         if isinstance(rv, int) and rv < 0:
@@ -124,6 +132,7 @@ class Bridge:
                 self.stats["errors"] += 1
             raise RadosFSError(-rv, f"librados returned {-rv}")
         return rest
+
 
     async def aio_many(self, submits: list[Callable[[Callable[..., None]], Any]]
                        ) -> list[tuple | BaseException]:
@@ -201,3 +210,13 @@ async def concurrently() -> AsyncIterator[trio.Nursery]:
             yield nursery
     except BaseExceptionGroup as group:
         raise first_error(group) from None
+
+
+def read_buffer(rv: Any, data: Any) -> bytes:
+    """The bytes an asynchronous read really returned: the first `rv` of the buffer.
+
+    The bindings only shrink the buffer when 0 < rv < length; at rv == 0 they pass the
+    whole uninitialized buffer. Never trust the buffer's length."""
+    if not data or not isinstance(rv, int) or rv <= 0:
+        return b""
+    return bytes(data[:rv]) if len(data) > rv else data

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import rados
 
 from .bridge import Bridge
+from .listing import Lister
 from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,15 @@ def _clean_message(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
 
 
+# The entity name each handle was opened as (`conf_get("name")` answers None, and the
+# Cython handle takes no attributes): the listing handle must authenticate the same way.
+_entity_names: dict[int, str] = {}
+
+
+def entity_name_of(handle: rados.Rados) -> str:
+    return _entity_names.get(id(handle), "client.admin")
+
+
 def open_cluster(cfg: ClientConfig) -> rados.Rados:
     """Connect synchronously (before the loop starts); raise ConnectError with a clear cause."""
     name = cfg.name if "." in cfg.name else f"client.{cfg.name}"
@@ -55,6 +65,7 @@ def open_cluster(cfg: ClientConfig) -> rados.Rados:
     except rados.Error as exc:
         handle.shutdown()
         raise ConnectError(_connect_failure(exc, cfg, name)) from None
+    _entity_names[id(handle)] = name
     return handle
 
 
@@ -77,6 +88,14 @@ class Connection:
         self.handle = handle
         self.bridge = bridge
         self._ioctx: dict[str, rados.Ioctx] = {}
+        self.lister = Lister(handle, entity_name_of(handle))
+
+    async def list_names(self, pool: str, all_namespaces: bool = False,
+                         limit: int | None = None) -> list[bytes]:
+        """The checked listing of a pool (see client/listing.py): every object name as
+        raw bytes, or RadosFSError if the listing did not complete. Listings are of HEAD
+        whatever an ioctx's read snapshot (librados ignores it for listings)."""
+        return await self.bridge.run(self.lister.list_names, pool, all_namespaces, limit)
 
     async def ioctx(self, pool: str) -> rados.Ioctx:
         """The shared ioctx of a pool (HEAD, default namespace)."""
@@ -146,4 +165,6 @@ class Connection:
             except rados.Error:
                 pass
         self._ioctx.clear()
+        self.lister.close()
+        _entity_names.pop(id(self.handle), None)
         self.handle.shutdown()

@@ -32,7 +32,7 @@ import rados
 import rbd
 import trio
 
-from ..client.bridge import Bridge
+from ..client.bridge import Bridge, read_buffer
 from ..errors import RadosFSError, errno_of
 from .keys import StoreKey
 from .rados_ops import MAX_IO, read_in_pieces
@@ -185,9 +185,11 @@ class ImageBackend:
         async with self._using() as img:
             return await self.bridge.run(fn, img)
 
-    async def _aio(self, submit: Callable[[rbd.Image, Callable], Any], nbytes: int) -> tuple:
+    async def _aio(self, submit: Callable[[rbd.Image, Callable], Any], nbytes: int,
+                   with_length: bool = False) -> tuple:
         async with self._using() as img:
-            return await self.bridge.aio(lambda cb: submit(img, cb), nbytes)
+            return await self.bridge.aio(lambda cb: submit(img, cb), nbytes,
+                                         with_length=with_length)
 
     @property
     def is_open(self) -> bool:
@@ -265,9 +267,9 @@ class ImageBackend:
                 if offset >= await self.size():
                     return b""
             try:
-                (data,) = await self._aio(
-                    lambda img, cb: img.aio_read(offset, n, cb), n)
-                return data or b""
+                rv, data = await self._aio(
+                    lambda img, cb: img.aio_read(offset, n, cb), n, with_length=True)
+                return read_buffer(rv, data)
             except Exception as exc:  # noqa: BLE001
                 if errno_of(exc) != errno.EINVAL and not isinstance(exc, rbd.InvalidArgument):
                     raise

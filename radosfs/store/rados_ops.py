@@ -6,7 +6,7 @@ import time
 
 import rados
 
-from ..client.bridge import Bridge
+from ..client.bridge import Bridge, read_buffer
 from ..errors import RadosFSError
 
 # No single write above osd_max_write_size (90 MB); 8 MiB keeps many in flight.
@@ -30,10 +30,13 @@ async def stat_object(bridge: Bridge, ioctx: rados.Ioctx, name: str) -> tuple[in
 
 async def read_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: int,
                       length: int) -> bytes:
-    """Read [offset, offset+length) in pieces of at most MAX_IO; short at end of object."""
+    """Read [offset, offset+length) in pieces of at most MAX_IO; short at end of object.
+
+    Only the completion's return value says how much was read (see `read_buffer`)."""
     async def once(o: int, n: int) -> bytes:
-        (data,) = await bridge.aio(lambda cb: ioctx.aio_read(name, n, o, cb), n)
-        return data or b""
+        rv, data = await bridge.aio(lambda cb: ioctx.aio_read(name, n, o, cb), n,
+                                    with_length=True)
+        return read_buffer(rv, data)
     return await read_in_pieces(once, offset, length)
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import rados
 
-from ..client.bridge import Bridge, concurrently
+from ..client.bridge import Bridge, concurrently, read_buffer
 from ..errors import RadosFSError
 
 CEPH_NOSNAP = 0xFFFFFFFFFFFFFFFE
@@ -42,9 +42,10 @@ def _dec_str(b: bytes) -> str:
 
 async def _cls(bridge: Bridge, io: rados.Ioctx, oid: str, method: str, data: bytes = b"",
                length: int = 4096) -> bytes:
-    (out,) = await bridge.aio(
-        lambda cb: io.aio_execute(oid, "rbd", method, data, length, oncomplete=cb))
-    return out or b""
+    rv, out = await bridge.aio(
+        lambda cb: io.aio_execute(oid, "rbd", method, data, length, oncomplete=cb),
+        with_length=True)
+    return read_buffer(rv, out)
 
 
 async def image_id_of(bridge: Bridge, io: rados.Ioctx, name: str) -> str:

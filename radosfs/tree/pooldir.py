@@ -8,7 +8,6 @@ directories exist is learnt from the pool listing (`PoolIndex`, trusted briefly)
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import time
 
@@ -25,7 +24,8 @@ from ..store.striper import StripedData, piece_name, read_head, split_piece
 from .base import DirNode, FileNode, Node
 from .context import MountContext
 from .inodes import POOL, NodeKey
-from .names import SNAPDIR, check_component, check_object_name, valid_path_name
+from .names import (NOT_UTF8, SNAPDIR, Skipped, check_component, check_object_name,
+                    path_problem, shown_names)
 from .pool_state import BTIME_XATTR, INDEX_MIN_TTL, PoolIndex, PoolView, btime, parent_dirs
 
 log = logging.getLogger(__name__)
@@ -78,21 +78,32 @@ class PoolDir(DirNode):
             if not idx.fresh():
                 io = await self.ioctx()
                 started = time.monotonic()
-
-                def scan() -> list[str]:
-                    return [o.key for o in io.list_objects() if "/" in o.key]
-
-                names = await self.fs.bridge.run(scan)
+                names = [n for n in await self._listing() if "/" in n]
                 if await self.may_list_ghosts():
                     names = list(await self.existing(io, names))
-                dirs: set[str] = set()
-                for name in names:
-                    dirs.update(parent_dirs(name))
-                idx.dirs = dirs
+                idx.dirs = self._dirs_of(names)
                 took = time.monotonic() - started
                 idx.stamp = time.monotonic()
                 idx.ttl = max(INDEX_MIN_TTL, 20 * took)
         return idx
+
+    async def _listing(self, skipped: Skipped | None = None) -> list[str]:
+        """The checked listing of the pool (client/listing.py: complete, or an error),
+        less the names that cannot be paths (counted in `skipped` when under this
+        directory). Always of HEAD: at a snapshot, names must be confirmed by stat."""
+        raw = await self.fs.conn.list_names(self.pool)
+        return shown_names(raw, skipped, self.prefix.encode())
+
+    @staticmethod
+    def _dirs_of(names) -> set[str]:
+        """The directories the (showable) names imply, less those under the pool's
+        reserved top-level names (lookup never resolves them as directories)."""
+        dirs: set[str] = set()
+        for name in names:
+            if name.partition("/")[0] in (SNAPDIR, FLAG_OBJECT):
+                continue
+            dirs.update(parent_dirs(name))
+        return dirs
 
     async def lookup(self, name: str) -> Node:
         check_component(name)
@@ -149,67 +160,81 @@ class PoolDir(DirNode):
         raise RadosFSError(errno.ENOENT, f"{self.pool}/{oid}")
 
     async def entries(self):
+        """The directory's listing, from one checked pool listing taken whole first: a
+        listing that fails is an error before anything is shown, never a short list.
+
+        Names that cannot be paths are skipped with one log line per listing; a name that
+        is both a file and a directory (objects `a` and `a/b`) shows as the file, as
+        lookup resolves it (docs/layout.md)."""
         io = await self.ioctx()
-        bridge = self.fs.bridge
-        it = await bridge.run(io.list_objects)
-        seen_dirs: set[str] = set()
-        idx = self.fs.pool_index(self.pool, self.snap)
-        all_dirs: set[str] = set()
+        skipped = Skipped()
+        names = await self._listing(skipped)
         plen = len(self.prefix)
         ghosts = await self.may_list_ghosts()
-        members: dict[str, list[str]] = {}  # with ghosts: unconfirmed dir -> names in it
-        while True:
-            chunk = await bridge.run(lambda: [o.key for o in itertools.islice(it, LIST_CHUNK)])
-            if not chunk:
-                break
-            files: list[str] = []
-            heads: list[str] = []
-            dirs: list[str] = []
-            for oid in chunk:
-                all_dirs.update(parent_dirs(oid))
-                if not oid.startswith(self.prefix) or len(oid) == plen:
-                    continue
-                if not valid_path_name(oid):
-                    log.debug("object %r in pool %s cannot be shown as a path", oid,
-                              self.pool)
-                    continue
-                rest = oid[plen:]
-                if not plen and rest in (SNAPDIR, FLAG_OBJECT):
-                    continue  # hidden: the snapshot directory, the ownership flag
-                first, slash, _ = rest.partition("/")
-                if slash:
-                    if first in seen_dirs:
-                        continue
-                    if ghosts:  # shown once one object under it really exists
-                        members.setdefault(first, []).append(oid)
-                        continue
-                    seen_dirs.add(first)
-                    dirs.append(first)
-                    continue
-                piece = split_piece(rest)
-                if piece is None:
-                    files.append(rest)
-                elif piece[1] == 0:
-                    heads.append(rest)
-                # other pieces of a striped set are never shown on their own
-            if members:
-                found = await self.existing(io, [o for names in members.values()
-                                                 for o in names])
-                for first in [f for f, names in members.items() if found & set(names)]:
-                    seen_dirs.add(first)
-                    dirs.append(first)
-                    del members[first]
-                for names in members.values():
-                    names.clear()
+        members: dict[str, list[str]] = {}  # directory shown here -> names under it
+        files: list[str] = []
+        heads: list[str] = []
+        pieces: list[tuple[str, str]] = []  # (base, name) of pieces other than 0
+        for oid in names:
+            if not oid.startswith(self.prefix) or len(oid) == plen:
+                continue
+            rest = oid[plen:]
+            first, slash, _ = rest.partition("/")
+            if not plen and first in (SNAPDIR, FLAG_OBJECT):
+                if first != FLAG_OBJECT or slash:  # radosfs's own flag is not news
+                    skipped.add(oid.encode(), f"hidden by the reserved name {first}")
+                continue
+            if slash:
+                members.setdefault(first, []).append(oid)
+                continue
+            piece = split_piece(rest)
+            if piece is None:
+                files.append(rest)
+            elif piece[1] == 0:
+                heads.append(rest)
+            else:  # hidden if part of a striped set shown here, else a file of its own
+                pieces.append((piece[0], rest))
+        if ghosts and members:  # shown once one object under it really exists
+            found = await self.existing(io, [o for group in members.values() for o in group])
+            members = {d: group for d, group in members.items() if found & set(group)}
+        shown_files: set[str] = set()
+        items = [(n, False) for n in files] + [(h, True) for h in heads]
+        striped_heads = {split_piece(h)[0] for h in heads}  # type: ignore[index]
+        start = 0
+        while start < len(items) or pieces:
+            part = items[start:start + LIST_CHUNK]
             batch = []
-            for first in dirs:
-                node = self.dir_node(self.prefix + first + "/")
-                batch.append((first, node, await node.attributes()))
-            batch.extend(await self._stat_files(io, files, heads))
+            for entry in await self._stat_files(io, [n for n, head in part if not head],
+                                                [n for n, head in part if head]):
+                if entry[0] in shown_files:  # a plain `x` beside a striped `x`: lookup
+                    continue                 # resolves the plain one, listed first
+                shown_files.add(entry[0])
+                batch.append(entry)
+            start += len(part)
+            if start >= len(items) and pieces:
+                # Lookup resolves any object by its name: a piece lookalike with no striped
+                # file of its own shown here is listed as the file it is.
+                items.extend((name, False) for base, name in pieces
+                             if not (base in striped_heads and base in shown_files))
+                pieces = []
             if batch:
                 yield batch
+        batch = []
+        for first in members:
+            if first in shown_files:
+                for oid in members[first]:
+                    skipped.add(oid.encode(), f"under {self.prefix}{first}, which is a file")
+                continue
+            node = self.dir_node(self.prefix + first + "/")
+            batch.append((first, node, await node.attributes()))
+        if batch:
+            yield batch
+        line = skipped.line(self.pool, self.prefix)
+        if line:
+            log.info("%s", line)
         if not ghosts:
-            idx.dirs = all_dirs
+            idx = self.fs.pool_index(self.pool, self.snap)
+            idx.dirs = self._dirs_of(names)
             idx.stamp = time.monotonic()
 
     async def may_list_ghosts(self) -> bool:
@@ -359,13 +384,16 @@ class PoolDir(DirNode):
         if not node.is_dir:
             raise RadosFSError(errno.ENOTDIR, f"{self.pool}/{prefix} is a file")
 
-        def children() -> list[str]:
-            return [o.key for o in io.list_objects()
-                    if o.key.startswith(prefix) and o.key != prefix]
-
-        names = await self.fs.bridge.run(children)
+        # Raw names: one that cannot be shown still keeps its directory from being removed.
+        raw_prefix = prefix.encode()
+        raw = [n for n in await self.fs.conn.list_names(self.pool)
+               if n.startswith(raw_prefix) and n != raw_prefix]
+        names = [n.decode() for n in raw if path_problem(n) != NOT_UTF8]
+        unshowable = len(raw) - len(names)  # python-rados cannot stat them: kept as there
         if names and await self.may_list_ghosts():
             names = list(await self.existing(io, names))
+        if unshowable:
+            names.extend(["(unshowable)"] * unshowable)
         if names:
             raise RadosFSError(errno.ENOTEMPTY, f"{self.pool}/{prefix} is not empty")
         try:
