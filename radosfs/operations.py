@@ -17,7 +17,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from .cache import CachedFile, ReadState
-from .errors import RadosFSError, to_errno
+from .errors import RadosFSError, errno_of, to_errno
 from .store.ownership import Ownership
 from .tree.base import DirNode, FileNode, Node
 from .tree.context import MountContext
@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 FH_HANDLERS = {"read", "write", "flush", "fsync", "release", "readdir", "releasedir"}
 XATTR_USER = "user."
+# The kernel answers a failed revalidation with a fresh lookup of the same name: a lookup
+# that timed out this recently fails at once instead of waiting op_timeout again.
+LOOKUP_FAIL_FAST = 2.0
 
 
 def _name(raw: bytes) -> str:
@@ -52,13 +55,14 @@ def fuse_errors(fn: Callable) -> Callable:
 
 
 class Handle:
-    __slots__ = ("node", "file", "read_state", "writable")
+    __slots__ = ("node", "file", "read_state", "writable", "flush_failed")
 
     def __init__(self, node: FileNode, file: CachedFile, writable: bool) -> None:
         self.node = node
         self.file = file
         self.read_state = ReadState()
         self.writable = writable
+        self.flush_failed = False   # the close()'s flush just failed: release won't retry
 
 
 class DirHandle:
@@ -86,6 +90,7 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self._timed_out: dict[tuple[int, bytes], float] = {}
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -141,8 +146,24 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
-        node = await self._dir(parent_inode).lookup(_name(name))
-        return await node.attributes()
+        key = (parent_inode, name)
+        failed = self._timed_out.get(key)
+        now = trio.current_time()
+        if failed is not None and now - failed < LOOKUP_FAIL_FAST:
+            raise RadosFSError(errno.ETIMEDOUT, f"a lookup of this name timed out "
+                                                f"{now - failed:.1f}s ago")
+        try:
+            node = await self._dir(parent_inode).lookup(_name(name))
+            attrs = await node.attributes()
+        except Exception as exc:
+            if errno_of(exc) == errno.ETIMEDOUT:
+                if len(self._timed_out) > 1000:
+                    self._timed_out = {k: t for k, t in self._timed_out.items()
+                                       if now - t < LOOKUP_FAIL_FAST}
+                self._timed_out[key] = trio.current_time()
+            raise
+        self._timed_out.pop(key, None)
+        return attrs
 
     async def forget(self, inode_list) -> None:
         # Inode numbers are kept for the life of the mount (see tree.inodes.InodeTable).
@@ -289,7 +310,12 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         h = self.handles[fh]
         if h.file.dirty:
-            await self.fs.cache.flush(h.file)
+            try:
+                await self.fs.cache.flush(h.file)
+            except BaseException:
+                h.flush_failed = True
+                raise
+            h.flush_failed = False
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -302,6 +328,10 @@ class Operations(pyfuse3.Operations):
             return
         if h.file.dirty:
             try:
+                if h.flush_failed:
+                    # close() got the error a moment ago: retrying now would only make
+                    # the release (and an umount behind it) wait op_timeout once more.
+                    raise RadosFSError(errno.EIO, "the flush at close failed")
                 await self.fs.cache.flush(h.file)
             except RadosFSError as exc:
                 log.error("close of %s: %d dirty bytes could not be written (errno %d); "

@@ -26,7 +26,8 @@ class RootNode(DirNode):
         if name == STATS_NAME:
             return self.kinds.stats_file()
         if not await self.fs.conn.pool_exists(name):
-            await self.fs.conn.latest_osdmap()  # made by another client just now?
+            # Made by another client just now? Without the monitors we cannot tell: EIO.
+            await self.fs.conn.latest_osdmap(required=True)
             if not await self.fs.conn.pool_exists(name):
                 raise RadosFSError(errno.ENOENT, f"no pool {name}")
         return await self.kinds.pool(name)
