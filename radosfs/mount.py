@@ -150,7 +150,7 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s%s", mountpoint, "" if clean else " (after an error)")
-    return conn.bridge.abandoned
+    return conn.bridge.stuck
 
 
 async def _write_back_at_exit(fs: MountContext, bound: float) -> None:

@@ -169,6 +169,12 @@ class Bridge:
         self.stats = {"aio_ops": 0, "thread_calls": 0, "errors": 0, "timeouts": 0,
                       "abandoned_threads": 0, "late_completions": 0}
 
+    @property
+    def stuck(self) -> int:
+        """Calls still inside librados that nobody waits for any more."""
+        return self.abandoned + sum(1 for c in self._shared.values()
+                                    if trio.current_time() - c.started > (self.op_timeout or 0))
+
     # ---- deadlines -------------------------------------------------------------------
 
     def _deadline(self, timeout: float | None) -> float:
