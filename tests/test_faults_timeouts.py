@@ -405,3 +405,43 @@ def test_bridge_late_completion_releases_once_and_keeps_buffers():
         assert alive() is None
 
     trio.run(main)
+
+
+def test_bridge_shared_call_answers_every_waiter():
+    """Several callers of one shared call all get its result (or its error)."""
+    import threading
+
+    import trio
+
+    from radosfs.client.bridge import Bridge
+
+    async def main():
+        bridge = Bridge(op_timeout=5)
+        gate = threading.Event()
+        results: list = []
+
+        async def ask(fn):
+            try:
+                results.append(await bridge.run_shared("k", fn))
+            except ValueError as exc:
+                results.append(repr(exc))
+
+        def answer():
+            gate.wait()
+            return 7
+
+        def fail():
+            gate.wait()
+            raise ValueError("no")
+
+        for fn in (answer, fail):
+            gate.clear()
+            results.clear()
+            async with trio.open_nursery() as n:
+                for _ in range(3):
+                    n.start_soon(ask, fn)
+                await trio.sleep(0.1)
+                gate.set()
+            assert results == ([7] * 3 if fn is answer else ["ValueError('no')"] * 3)
+
+    trio.run(main)

@@ -261,7 +261,10 @@ class Bridge:
             await call.done.wait()
         if call.result is None:
             raise self._timed_out(name, limit, "still waiting for it in the background")
-        return call.result.unwrap()
+        # Every sharer gets the result (Outcome.unwrap may be called only once).
+        if isinstance(call.result, outcome.Error):
+            raise call.result.error
+        return call.result.value
 
     # ---- asynchronous calls ----------------------------------------------------------
 
