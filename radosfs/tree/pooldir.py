@@ -30,6 +30,7 @@ from .pool_state import BTIME_XATTR, INDEX_MIN_TTL, PoolIndex, PoolView, btime, 
 
 log = logging.getLogger(__name__)
 
+LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
 
 
 class PoolDir(DirNode):
