@@ -112,7 +112,9 @@ async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,
 
 async def list_names(bridge: Bridge, io: rados.Ioctx, chunk: int = LIST_CHUNK
                      ) -> AsyncIterator[list[str]]:
-    """The names of a pool's objects, `chunk` at a time, each chunk one bounded call.
+    """The names of a pool's objects, `chunk` at a time, each chunk one bounded call
+    (what the striper uses to find a file's pieces; directory listings use the checked
+    listing of client/listing.py, which reports every error).
 
     The binding's ObjectIterator ends the listing on *any* error (ETIMEDOUT when the OSDs
     do not answer, EPERM): a failed listing looks complete. It fails only by timing out
