@@ -254,3 +254,26 @@ def test_image_files_metadata(m, image_pool, mount_factory):
         with pytest.raises(OSError) as info:
             change()
         assert info.value.errno == errno.EPERM
+
+
+def test_atime_choices(mount_factory, pool):
+    """noatime (the default): reads never change atime; relatime: the first read after a
+    change does, the next one does not; strictatime: every open for reading does."""
+    plain, rel, strict = mount_factory(""), mount_factory("relatime"), mount_factory(
+        "strictatime")
+    f = plain / pool / "f"
+    f.write_bytes(b"data")
+    os.utime(f, ns=(1000 * NS, 2000 * NS))
+    f.read_bytes()
+    assert os.stat(f).st_atime_ns == 1000 * NS
+    g = rel / pool / "f"
+    g.read_bytes()
+    first = os.stat(g).st_atime_ns
+    assert abs(first / NS - time.time()) < 5
+    g.read_bytes()
+    assert os.stat(g).st_atime_ns == first
+    assert os.stat(g).st_mtime_ns == 2000 * NS     # an atime update keeps mtime
+    h = strict / pool / "f"
+    h.read_bytes()
+    second = os.stat(h).st_atime_ns
+    assert second > first

@@ -271,6 +271,8 @@ class FileNode(Node):
             self.check_writable()
         known, self.created = self.created, None
         f, keep = await self.cache.open(await self.backend(), known)
+        if not writable:
+            await self.accessed()
         if writable and truncate:
             # libfuse enables atomic O_TRUNC: the kernel sends no separate setattr.
             await self.cache.truncate(f, 0)
@@ -305,6 +307,11 @@ class FileNode(Node):
 
     async def set_times(self, mtime: int | None, atime: int | None) -> None:
         raise RadosFSError(errno.EPERM, "this file's times cannot be set")
+
+    async def accessed(self) -> None:
+        """Opened for reading: the atime moves as the mount's atime choice says (kinds
+        that store no atime: never)."""
+        return None
 
     async def remove(self) -> None:
         raise RadosFSError(errno.EPERM, "cannot remove this file")

@@ -188,6 +188,20 @@ class ObjectFile(FileNode):
             return self.owner.with_times(stored, stamp, atime, mtime, now_ns()), stamp
         await self._store(make)
 
+    async def accessed(self) -> None:
+        """relatime: the atime becomes now when it is not after mtime and ctime, or a
+        day old; strictatime: at every open for reading; noatime: never. Stored in the
+        record (a write to RADOS); ctime does not move."""
+        choice = self.fs.options.atime
+        if choice == "noatime" or self.read_only or self.fs.options.ro or self.orphaned:
+            return
+        now = now_ns()
+        a, m, c = self.owner.shown(self.mtime, self.fs.mount_time)
+        if choice == "relatime" and a > max(m, c) and now - a < 86400 * 10 ** 9:
+            return
+        await self._store(lambda stored: (
+            self.owner.with_times(stored, int(stored), atime=now), int(stored)))
+
     async def readlink(self) -> bytes:
         if not self.owner.symlink:
             raise RadosFSError(errno.EINVAL, f"{self.describe()} is not a symlink")
