@@ -686,9 +686,6 @@ def test_rmdir_of_really_empty_pool_removes_it(deleting_mount, scratch_pool, clu
     assert not pool_exists(cluster, scratch_pool)
 
 
-@pytest.mark.xfail(strict=True, reason="found with issue 7 (not one of its defects): "
-                   "radosfs's own .radosfs-attrs flag object makes a pool that lists empty "
-                   "ENOTEMPTY for rmdir")
 def test_rmdir_of_pool_emptied_after_chmod(deleting_mount, scratch_pool, cluster):
     d = deleting_mount / scratch_pool
     run(["touch", str(d / "f")])

@@ -7,7 +7,7 @@ import logging
 import rados
 
 from ..errors import RadosFSError, errno_of
-from ..store.ownership import NO_OVERRIDE, Ownership
+from ..store.ownership import FLAG_OBJECT, NO_OVERRIDE, Ownership
 from .base import DirNode, Entry, FileNode, Node
 from .context import MountContext
 from .inodes import ROOT, NodeKey
@@ -61,8 +61,9 @@ class RootNode(DirNode):
         # Empty means no object in any namespace (a default-namespace listing would miss
         # the others), by a checked listing: one that fails raises, it never looks empty.
         # (Pool stats count every namespace too, but lag seconds behind the OSDs.)
-        first = await self.fs.conn.list_names(name, all_namespaces=True, limit=1)
-        if first:
+        # radosfs's own flag object (store/ownership.py) does not make a pool non-empty.
+        first = await self.fs.conn.list_names(name, all_namespaces=True, limit=2)
+        if [n for n in first if n != FLAG_OBJECT.encode()]:
             raise RadosFSError(errno.ENOTEMPTY, f"pool {name} is not empty")
         try:
             await self.fs.conn.delete_pool(name)
