@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
 SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
+POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
 class PoolDir(DirNode):
@@ -112,7 +113,17 @@ class PoolDir(DirNode):
                 self.view.stamp.timestamp() * 1e9)
             return a
         if time.monotonic() - self._fresh_at >= FRESH_SECONDS:
-            await self._read_dir()
+            if self.prefix:
+                await self._read_dir()
+            else:
+                # Looked up in the mount root, whose lookups the kernel serializes: a pool
+                # that does not answer must not stall every other pool's lookup.
+                with trio.move_on_after(POOL_META_WAIT) as scope:
+                    await self._read_dir()
+                if scope.cancelled_caught:
+                    log.warning("pool %s: its directory's record did not arrive within "
+                                "%.0f s; showing what was last read", self.pool,
+                                POOL_META_WAIT)
         self._fresh_at = -1e9
         stored = self.stored
         if not self.prefix and not self.record.valid_times(stored):
