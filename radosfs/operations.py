@@ -10,6 +10,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from typing import Any, Callable, cast
 
 import pyfuse3
@@ -130,11 +131,13 @@ class Operations(pyfuse3.Operations):
             raise RadosFSError(errno.EISDIR, "is a directory")
         return node
 
-    def _owner_for_create(self, mode: int, ctx) -> Ownership:
-        """What a new file must remember beyond the mount's defaults (cp -p, rsync -a)."""
+    def _owner_for_create(self, mode: int, ctx, default: int | None = None) -> Ownership:
+        """What a new file (or directory: `default` = the mount's directory mode) must
+        remember beyond the mount's defaults (cp -p, rsync -a, mkdir -m)."""
         opts = self.fs.options
+        default = opts.file_mode() if default is None else default
         perm = mode & 0o7777 & ~(getattr(ctx, "umask", 0) or 0)
-        return Ownership(perm if perm != opts.file_mode() else None,
+        return Ownership(perm if perm != default else None,
                          ctx.uid if ctx is not None and ctx.uid != opts.uid else None,
                          ctx.gid if ctx is not None and ctx.gid != opts.gid else None)
 
@@ -186,9 +189,14 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             node.check_writable()
             await node.truncate(attr.st_size)
-        if fields.update_mtime:
-            await node.touch(attr.st_mtime_ns / 1e9)
+        if fields.update_mtime or fields.update_atime:
+            await node.touch(attr.st_mtime_ns if fields.update_mtime else None,
+                             attr.st_atime_ns if fields.update_atime else None)
         return await node.attributes()
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx) -> bytes:
+        return await self._node(inode).readlink()
 
     # ---- directories -----------------------------------------------------------------
 
@@ -233,7 +241,41 @@ class Operations(pyfuse3.Operations):
         parent.check_writable()
         text = _name(name)
         check_component(text)
-        node = await parent.mkdir(text)
+        node = await parent.mkdir(text, self._owner_for_create(
+            mode, ctx, self.fs.options.dir_mode()))
+        return await node.attributes()
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx) -> pyfuse3.EntryAttributes:
+        parent = self._dir(parent_inode)
+        parent.check_writable()
+        text = _name(name)
+        check_component(text)
+        node = await parent.symlink(text, target, self._owner_for_create(0o777, ctx))
+        return await node.attributes()
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx) -> pyfuse3.EntryAttributes:
+        """Device nodes, FIFOs, sockets: EPERM (see docs/semantics.md); a regular file
+        (mknod(2) with S_IFREG) is an ordinary create."""
+        parent = self._dir(parent_inode)
+        parent.check_writable()
+        text = _name(name)
+        check_component(text)
+        if stat.S_ISREG(mode):
+            node = await parent.create(text, self._owner_for_create(mode, ctx))
+        else:
+            node = await parent.mknod(text, mode)
+        return await node.attributes()
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx) -> pyfuse3.EntryAttributes:
+        parent = self._dir(new_parent_inode)
+        parent.check_writable()
+        node = await parent.link(self._node(inode), _name(new_name))
         return await node.attributes()
 
     @fuse_errors

@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 FUSE_FLAGS = {"allow_other", "allow_root", "auto_unmount", "default_permissions"}
 # Generic mount(8) options that mean nothing here but must not be an error in fstab.
 IGNORED = {"rw", "auto", "noauto", "user", "nouser", "users", "nofail", "_netdev", "defaults",
-           "exec", "noexec", "suid", "nosuid", "dev", "nodev", "atime", "noatime",
-           "relatime", "norelatime", "strictatime", "async", "sync"}
+           "exec", "noexec", "suid", "nosuid", "dev", "nodev", "async", "sync"}
+# atime choices: what opening a file for reading does to its stored atime
+ATIME = {"noatime": "noatime", "relatime": "relatime", "atime": "strictatime",
+         "strictatime": "strictatime", "norelatime": "strictatime"}
 
 
 class OptionError(ValueError):
@@ -33,6 +35,8 @@ class MountOptions:
     attr_timeout: float = 1.0
     readahead_kb: int = 1024
     fuse: set[str] = field(default_factory=set)
+    #: noatime (default: reads never write), relatime or strictatime (see docs/options.md)
+    atime: str = "noatime"
 
     def file_mode(self) -> int:
         return 0o666 & ~self.umask
@@ -58,6 +62,8 @@ HELP = {
     "connect_timeout=SECONDS": "give up connecting after this long (default 10)",
     "op_timeout=SECONDS": "a cluster operation fails with EIO after this long (default 30)",
     "attr_timeout=SECONDS": "how long the kernel caches names and attributes (default 1)",
+    "noatime / relatime / strictatime": "whether opening a file for reading stores a new "
+                                        "atime (default noatime: reads never write)",
     "readahead_kb=N": "kernel read-ahead for the mount, in KiB (default 1024; root only)",
     "debug": "log every request (and stay in the foreground)",
 }
@@ -128,6 +134,8 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
         mo.readahead_kb = int(need())
     elif key in FUSE_FLAGS:
         mo.fuse.add(key)
+    elif key in ATIME:
+        mo.atime = ATIME[key]
     elif key in IGNORED:
         return
     else:

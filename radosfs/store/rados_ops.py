@@ -92,9 +92,9 @@ def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> 
 
 
 async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,
-                        xattrs: dict[str, bytes] | None = None) -> int:
-    """Exclusive create (EEXIST if it exists), asynchronously, with `xattrs` set in the same
-    operation; returns the mtime stored.
+                        xattrs: dict[str, bytes] | None = None, data: bytes = b"") -> int:
+    """Exclusive create (EEXIST if it exists), asynchronously, with `xattrs` and `data` set
+    in the same operation; returns the mtime stored.
 
     The mtime is always given: operate_write_op would store 1970 without one.
     """
@@ -102,6 +102,8 @@ async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,
     op = io.create_write_op()
     try:
         op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+        if data:
+            op.write_full(data)
         for key, value in (xattrs or {}).items():
             op.set_xattr(key, value)
         await bridge.aio(lambda cb: io.operate_aio_write_op(op, oid, cb, mtime=mtime))

@@ -41,13 +41,17 @@ class RootNode(DirNode):
             batch.append((name, node, await node.attributes()))
         yield batch
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        """A new pool; a mode or owner asked for is stored as the pool directory's."""
         check_component(name)
         if await self.fs.conn.pool_exists(name):
             raise RadosFSError(errno.EEXIST, f"pool {name} exists")
         await self.fs.conn.create_pool(name)
         log.info("created pool %s", name)
-        return await self.lookup(name)
+        node = await self.lookup(name)
+        if owner.owner_only != NO_OVERRIDE:
+            await node.set_ownership(owner.owner_only)
+        return node
 
     async def rmdir(self, name: str) -> None:
         if not await self.fs.conn.pool_exists(name):
