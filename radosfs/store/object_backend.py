@@ -13,6 +13,7 @@ directly (`adopt`). So close-to-open holds whatever the layout.
 from __future__ import annotations
 
 import errno
+import time
 from typing import Hashable
 
 import rados
@@ -21,8 +22,13 @@ import trio
 from ..client.bridge import Bridge
 from ..errors import RadosFSError
 from .keys import StoreKey
-from .rados_ops import read_object, stat_object, write_object
+from .rados_ops import MAX_IO, read_object, stat_object, write_object, write_stamped
 from .striper import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped, read_head
+
+
+# How soon after our last write `version` may answer from it (the flush at close asks at
+# once; anything later asks the cluster).
+FRESH_WRITE = 0.05
 
 
 class ObjectBackend:
@@ -41,6 +47,11 @@ class ObjectBackend:
         self._convert_lock = trio.Lock()
         self._converting = False
         self._size_hint = 0
+        #: (size, mtime) the plain object has, as our own last stat, create or write left
+        #: it (None: not known); `_wrote` = when a write of ours last changed it (see
+        #: `version`)
+        self._known: tuple[int, float] | None = None
+        self._wrote: float | None = None
 
     @property
     def write_unit(self) -> int:
@@ -96,6 +107,7 @@ class ObjectBackend:
         unless our own I/O is under way (then what we see is ours, and newer)."""
         if self.busy:
             return
+        self._unknown()
         if striped is None:
             self.striped = None
         elif self.striped is None or self.striped.layout != striped.layout:
@@ -104,6 +116,7 @@ class ObjectBackend:
     async def relocate(self) -> bool:
         """The file is not where we thought (ENOENT): look for it in the other layout.
         True if found there (the backend now uses it)."""
+        self._unknown()
         async with self._convert_lock:
             if self.striped is None:
                 head = await read_head(self.bridge, self.ioctx, self.name)
@@ -119,6 +132,21 @@ class ObjectBackend:
                 return False
             self.striped = None
             return True
+
+    # ---- what our own operations tell us of the stored version ------------------------
+
+    def revalidate(self, created: tuple[int, float] | None = None) -> None:
+        """A new open: the next `version` asks the cluster (close-to-open), unless we just
+        created the object ourselves (`created` = its (size, mtime))."""
+        self._wrote = None
+        self._known = created
+
+    def forget_version(self) -> None:
+        """Our own knowledge of the stored version no longer holds (a metadata write)."""
+        self._unknown()
+
+    def _unknown(self) -> None:
+        self._known = self._wrote = None
 
     # ---- the Backend protocol --------------------------------------------------------
 
@@ -165,12 +193,29 @@ class ObjectBackend:
         if self.striped is None and max(offset + len(data), self._size_hint) > STRIPE_THRESHOLD:
             await self._to_striped()
         if self.striped is None:
-            _, done = await self._plain(write_object, offset, data)
+            if len(data) > MAX_IO or self._plain_ops:
+                # Split, or beside another write of ours: which mtime lands last is not
+                # ours to know.
+                self._unknown()
+                _, done = await self._plain(write_object, offset, data)
+            else:
+                try:
+                    stamp, done = await self._plain(write_stamped, offset, data)
+                except BaseException:
+                    self._unknown()
+                    raise
+                if done and self._known is not None and not self._plain_ops:
+                    self._known = (max(self._known[0], offset + len(data)), float(stamp))
+                    self._wrote = time.monotonic()
+                else:
+                    self._unknown()
             if done:
                 return
+        self._unknown()
         await self.striped.write(offset, data)  # type: ignore[union-attr]
 
     async def truncate(self, size: int) -> None:
+        self._unknown()
         if self.striped is None and size > STRIPE_THRESHOLD:
             await self._to_striped()
         self._size_hint = size
@@ -187,10 +232,22 @@ class ObjectBackend:
         return None
 
     async def version(self) -> tuple[int, Hashable]:
+        """(size, token). Right after writes of ours (the flush at close) it comes from
+        what they stored -- the size they left and the mtime they stamped -- instead of a
+        stat: what a stat would answer unless another client wrote meanwhile, which it
+        could equally have done just after that stat. Used once, within FRESH_WRITE of the
+        last write; every open asks the cluster (`revalidate`)."""
+        known, wrote = self._known, self._wrote
+        self._wrote = None
+        if (known is not None and wrote is not None and self.striped is None
+                and not self.busy and time.monotonic() - wrote < FRESH_WRITE):
+            return known[0], (known[1], known[0], False)
         size, mtime = await self.stat()
+        self._known = (size, mtime) if self.striped is None and not self.busy else None
         return size, (mtime, size, self.striped is not None)
 
     async def remove(self) -> None:
+        self._unknown()
         if self.striped is not None:
             await self.striped.remove()
         else:

@@ -78,6 +78,17 @@ async def write_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: in
         pos += len(chunk)
 
 
+async def write_stamped(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: int,
+                        data: bytes) -> int:
+    """One write of at most MAX_IO in place, in a write op that stores an mtime of our
+    choosing; returns that mtime (whole seconds), so the caller knows the object's
+    version without a stat (see ObjectBackend.version)."""
+    if offset + len(data) > OSD_MAX_OBJECT_SIZE:
+        raise RadosFSError(errno.EFBIG, f"{name}: past osd_max_object_size")
+    return await operate_aio(bridge, ioctx, name, lambda op: op.write(data, offset),
+                             nbytes=len(data))
+
+
 def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> None:
     """Run one compound write op (blocking; call through Bridge.run).
 
@@ -89,6 +100,21 @@ def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> 
         ioctx.operate_write_op(op, oid, mtime=int(mtime if mtime is not None else time.time()))
     finally:
         ioctx.release_write_op(op)
+
+
+async def operate_aio(bridge: Bridge, ioctx: rados.Ioctx, oid: str, build,
+                      mtime: int | None = None, nbytes: int = 0) -> int:
+    """`operate` asynchronously (no worker thread); returns the mtime stored (whole
+    seconds, always given: librados would store 1970)."""
+    stamp = int(mtime if mtime is not None else time.time())
+    op = ioctx.create_write_op()
+    try:
+        build(op)
+        await bridge.aio(lambda cb: ioctx.operate_aio_write_op(op, oid, cb, mtime=stamp),
+                         nbytes)
+    finally:
+        ioctx.release_write_op(op)
+    return stamp
 
 
 async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,

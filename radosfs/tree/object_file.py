@@ -91,6 +91,15 @@ class ObjectFile(FileNode):
                                           self.oid, self.snap, self._striped)
         return self._backend
 
+    async def open(self, writable: bool, truncate: bool):
+        if self._orphan is None:
+            # Every open asks the cluster for the version (close-to-open), unless we have
+            # just created the object ourselves.
+            created = self.created
+            (await self.backend()).revalidate(
+                (created[0], created[1][0]) if created is not None else None)
+        return await super().open(writable, truncate)
+
     async def stored_attrs(self) -> tuple[int, float]:
         if self._orphan is not None:
             return self._orphan.size, self.mtime or self.fs.mount_time
@@ -141,6 +150,7 @@ class ObjectFile(FileNode):
         """Change xattrs without touching the mtime (RADOS would stamp "now"; in POSIX
         only ctime changes): chmod after utimens, as rsync does, keeps the time."""
         io, oid = await self._head()
+        (await self.backend()).forget_version()
         _, mtime = await stat_object(self.fs.bridge, io, oid)
         await self.fs.bridge.run(operate, io, oid, build, mtime)
 
@@ -157,6 +167,7 @@ class ObjectFile(FileNode):
     async def _store(self, make) -> None:
         """Store a new record: `make(stored_mtime)` gives (record, RADOS mtime to keep)."""
         io, oid = await self._head()
+        (await self.backend()).forget_version()
         await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
         _, stored = await stat_object(self.fs.bridge, io, oid)
         record, stamp = make(stored)

@@ -26,6 +26,9 @@ class PoolIndex:
     def __init__(self) -> None:
         self.dirs: set[str] = set()
         self.markers: set[str] = set()   # directory marker objects known to exist
+        #: marker -> the whole second this mount last stamped it with (see
+        #: PoolDir._changed: stamping it again within that second changes nothing)
+        self.stamped: dict[str, int] = {}
         self.has_snaps = False           # the pool has pool snapshots (see may_list_ghosts)
         self.snaps_checked = -1e9
         self.stamp = 0.0

@@ -21,7 +21,8 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError, errno_of
-from ..store.rados_ops import create_object, operate, stat_object, struct_to_epoch
+from ..store.rados_ops import (create_object, operate_aio, stat_object,
+                               struct_to_epoch)
 from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
                                now_ns, owner_xattrs, read_many, read_ownership, stamp_for,
@@ -138,6 +139,7 @@ class PoolDir(DirNode):
         await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
         await self._read_dir()
         record, stamp = make(self.stored)
+        self.fs.pool_index(self.pool).stamped.pop(self.prefix, None)
         await self.fs.bridge.run(store_record, io, self.marker_oid, record, stamp)
         self.remember_dir(float(stamp), record)
         if self.prefix:
@@ -174,8 +176,15 @@ class PoolDir(DirNode):
         idx = self.fs.pool_index(self.pool)
         if not self.prefix or not (keep or self.prefix in idx.markers):
             return
+        now = int(time.time())
+        if idx.stamped.get(self.prefix) == now and self.prefix in idx.markers:
+            # This mount stamped the marker with this very second already (a burst of
+            # creates): a second stamp would store the same mtime. One write per
+            # directory per second instead of one per entry.
+            return
         io = await self.ioctx()
-        await self.fs.bridge.run(operate, io, self.prefix, lambda op: op.write(b"", 0))
+        await operate_aio(self.fs.bridge, io, self.prefix, lambda op: op.write(b"", 0), now)
+        idx.stamped[self.prefix] = now
         idx.markers.add(self.prefix)
         idx.add_path(self.prefix)
 
