@@ -6,6 +6,7 @@ OBJ = 4 * MiB                 # object size of the aio loop (the striper's defau
 BIG_DEPTH = 16                # aio requests in flight, big objects
 SMALL_DEPTH = 32              # aio requests in flight, small objects
 SMALL_COUNT = 1000
+SMALL_PROCS = 8               # processes of the parallel small-file rows (and aio depth)
 SMALL_SIZE = 4096
 LIST_COUNT = 10_000
 REREAD_SIZE = 256 * MiB

@@ -1,6 +1,7 @@
 """Step smallfiles: 1,000 files of 4 KiB created and written by one process, `ls -l` and
 `cat` of them all through a fresh mount, against librados write_full / stat / read,
-sequential and aio x32."""
+sequential and aio x32; then the same create and `cat` by 8 processes at once (125 files
+each) against librados aio x8."""
 from __future__ import annotations
 
 import os
@@ -8,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from ..constants import SMALL_COUNT, SMALL_DEPTH, SMALL_SIZE
+from ..constants import SMALL_COUNT, SMALL_DEPTH, SMALL_PROCS, SMALL_SIZE
 from ..harness import Bench, say
 from ..meters import timed
 from ..profiling import profiled
@@ -18,11 +19,25 @@ from ..report import fmt_cell, fmt_ops, fmt_ratio, ratio, table
 SMALL_WRITER = """
 import os, sys, time
 d, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+first = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 data = os.urandom(size)
-for i in range(n):
+for i in range(first, first + n):
     with open(f"{d}/f{i:04d}", "wb") as f:
         f.write(data)
 """
+
+
+def parallel(cmds: list[list[str]], timeout: float) -> tuple[float, list[bytes]]:
+    """Run the commands at once; (wall seconds until the last ended, their stdouts)."""
+    t0 = time.perf_counter()
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE) for c in cmds]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise RuntimeError(f"{cmds[0][:3]}... exited with {p.returncode}")
+        outs.append(out)
+    return time.perf_counter() - t0, outs
 
 
 def run(b: Bench) -> None:
@@ -65,6 +80,26 @@ def run(b: Bench) -> None:
     if b.args.profile:
         m = b.remount(m)
         profiled(b, m, "small-cat", ["cat"] + [str(m / b.pool / "small" / n) for n in names])
+    # The same by SMALL_PROCS processes at once, each on its share of the names.
+    share = SMALL_COUNT // SMALL_PROCS
+    m = b.remount(m)
+    d = m / b.pool / "small-par"
+    d.mkdir()
+    say(f"{SMALL_COUNT} x 4 KiB through the mount, {SMALL_PROCS} processes at once")
+    with b.cpu(m) as cpu:
+        r["radosfs_pwrite_s"], _ = parallel(
+            [[sys.executable, "-S", "-c", SMALL_WRITER, str(d), str(share), str(SMALL_SIZE),
+              str(k * share)] for k in range(SMALL_PROCS)], to)
+    r["radosfs_pwrite_cpu"] = cpu.share
+    m = b.remount(m)
+    d = m / b.pool / "small-par"
+    with b.cpu(m) as cpu:
+        r["radosfs_pread_s"], outs = parallel(
+            [["cat"] + [str(d / n) for n in names[k * share:(k + 1) * share]]
+             for k in range(SMALL_PROCS)], to)
+    r["radosfs_pread_cpu"] = cpu.share
+    if sum(len(o) for o in outs) != SMALL_PROCS * share * SMALL_SIZE:
+        b.issue(f"parallel cat of the small files returned {sum(len(o) for o in outs)} bytes")
     b.umount(m)
     b.clean()
 
@@ -91,6 +126,10 @@ def run(b: Bench) -> None:
     r["aio_stat_s"] = aio_many(b.io, objs, "stat", SMALL_DEPTH)
     r["aio_read_s"] = aio_many(b.io, objs, "read", SMALL_DEPTH, data)
     aio_many(b.io, objs, "remove", 64)
+    say(f"librados aio x{SMALL_PROCS} write_full / read")
+    r["paio_write_s"] = aio_many(b.io, objs, "write", SMALL_PROCS, data)
+    r["paio_read_s"] = aio_many(b.io, objs, "read", SMALL_PROCS, data)
+    aio_many(b.io, objs, "remove", 64)
     b.clean()
 
     def cell(key: str) -> str:
@@ -104,9 +143,17 @@ def run(b: Bench) -> None:
         r[f"ratio_{k}_vs_aio"] = ratio(r[f"radosfs_{k}_s"], r[f"aio_{k}_s"])
         rows.append([op, cell(f"radosfs_{k}"), f"{ref}: {cell(f'seq_{k}')}", cell(f"aio_{k}"),
                      fmt_ratio(r[f"ratio_{k}_vs_seq"]), fmt_ratio(r[f"ratio_{k}_vs_aio"])])
+    prow = []
+    for k, op in (("write", f"create + write 4 KiB ({SMALL_PROCS} processes)"),
+                  ("read", f"`cat` all ({SMALL_PROCS} processes, fresh mount)")):
+        r[f"ratio_p{k}_vs_aio{SMALL_PROCS}"] = ratio(r[f"radosfs_p{k}_s"], r[f"paio_{k}_s"])
+        prow.append([op, cell(f"radosfs_p{k}"), cell(f"paio_{k}"),
+                     fmt_ratio(r[f"ratio_p{k}_vs_aio{SMALL_PROCS}"])])
     b.sections.append(
         f"### 2. {SMALL_COUNT:,} files of 4 KiB\n\n"
         "Figures are time for all files · files (or objects) per second; ratios are radosfs "
         "throughput ÷ reference. The process figures include interpreter/exec start-up.\n\n"
         + table(["operation", "radosfs", "librados sequential", f"librados aio ×{SMALL_DEPTH}",
-                 "÷ seq", "÷ aio"], rows))
+                 "÷ seq", "÷ aio"], rows)
+        + f"\n\nThe same with {SMALL_PROCS} processes at once ({share} files each):\n\n"
+        + table(["operation", "radosfs", f"librados aio ×{SMALL_PROCS}", "÷ aio"], prow))
