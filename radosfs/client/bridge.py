@@ -360,60 +360,26 @@ class Bridge:
 
     async def _aio_batch(self, submits: list[Callable[[Callable[..., None]], Any]],
                          timeout: float | None) -> list:
-        return await (await self.submit_batch(submits, timeout=timeout)).results()
-
-    async def submit_batch(self, submits: list[Callable[[Callable[..., None]], Any]], *,
-                           timeout: float | None = None) -> Batch:
-        """Submit at most MAX_BATCH small asynchronous calls now and return at once; their
-        results come from `await batch.results()` (as aio_many's). A listing submits the
-        next batch of stats this way while the kernel is still taking the current one.
-
-        The deadline counts from now. Nobody needs to wait: a batch nobody collects
-        releases its budget when its last completion comes, as any other."""
-        if len(submits) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} calls per batch")
-        batch = Batch(self, submits, self._deadline(timeout),
-                      self.op_timeout if timeout is None else timeout)
-        await batch.submit()
-        return batch
-
-
-class Batch:
-    """Calls submitted together by `Bridge.submit_batch`: the completions count down on
-    librados' threads and only the last one hands control back to the loop (no trio task
-    or event per call)."""
-
-    def __init__(self, bridge: Bridge, submits: list, deadline: float,
-                 limit: float | None) -> None:
-        self.bridge = bridge
-        self.submits = submits
-        self.deadline = deadline
-        self.limit = limit
-        self.raw: list[Any] = [None] * len(submits)
-        self.done = trio.Event()
-        self.refused: RadosFSError | None = None
-
-    async def submit(self) -> None:
-        bridge, submits, n = self.bridge, self.submits, len(self.submits)
+        n = len(submits)
         if not n:
-            self.done.set()
-            return
-        with trio.move_on_at(self.deadline) as scope:
-            await bridge.throttle.acquire(0, ops=n)
+            return []
+        deadline = self._deadline(timeout)
+        limit = self.op_timeout if timeout is None else timeout
+        with trio.move_on_at(deadline) as scope:
+            await self.throttle.acquire(0, ops=n)
         if scope.cancelled_caught:  # nothing taken, nothing submitted
-            self.refused = bridge._timed_out(call_name(submits[0]), self.limit,
-                                             "not submitted: too much already in flight")
-            self.done.set()
-            return
-        raw = self.raw
+            err = self._timed_out(call_name(submits[0]), limit,
+                                  "not submitted: too much already in flight")
+            return [err] * n
+        raw: list[Any] = [None] * n
         left = [n]
         lock = threading.Lock()
-        token = bridge.token
+        done = trio.Event()
 
         def finish() -> None:
             # Once, when the last completion came (even after the waiter gave up).
-            bridge.throttle.release(0, ops=n)
-            self.done.set()
+            self.throttle.release(0, ops=n)
+            done.set()
 
         def count_down(k: int) -> None:
             with lock:
@@ -421,7 +387,7 @@ class Batch:
                 last = left[0] == 0
             if last:
                 try:
-                    token.run_sync_soon(finish)
+                    self.token.run_sync_soon(finish)
                 except trio.RunFinishedError:
                     pass
 
@@ -432,35 +398,28 @@ class Batch:
                 count_down(1)
             return oncomplete
 
-        bridge.stats["aio_ops"] += n
+        self.stats["aio_ops"] += n
         for i, submit in enumerate(submits):
             try:
                 submit(make_cb(i, submit))
             except Exception as exc:  # noqa: BLE001 -- reported as that call's result
                 raw[i] = exc
                 count_down(1)
-
-    async def results(self) -> list[tuple | BaseException]:
-        """Each call's extra callback arguments, or the RadosFSError it failed with
-        (ETIMEDOUT for those not answered by the deadline)."""
-        bridge, submits = self.bridge, self.submits
-        if self.refused is not None:
-            return [self.refused] * len(submits)
-        with trio.move_on_at(self.deadline):
-            await self.done.wait()
+        with trio.move_on_at(deadline):
+            await done.wait()
         out: list[tuple | BaseException] = []
         late = None
-        for i, item in enumerate(list(self.raw)):
+        for i, item in enumerate(list(raw)):
             if item is None:  # not answered in time: left to librados
-                late = late or bridge._timed_out(call_name(submits[i]), self.limit,
-                                                 "its completion is left to librados")
+                late = late or self._timed_out(call_name(submits[i]), limit,
+                                               "its completion is left to librados")
                 out.append(late)
                 continue
             if isinstance(item, BaseException):
                 out.append(item)
                 continue
             try:
-                out.append(bridge._result(*item, submits[i]))
+                out.append(self._result(*item, submits[i]))
             except RadosFSError as exc:
                 out.append(exc)
         return out

@@ -19,7 +19,7 @@ import time
 import rados
 import trio
 
-from ..client.bridge import MAX_BATCH, Batch, concurrently
+from ..client.bridge import concurrently
 from ..errors import RadosFSError, errno_of
 from ..store.rados_ops import (create_object, operate_aio, stat_object,
                                struct_to_epoch)
@@ -37,7 +37,7 @@ from .pool_state import BTIME_XATTR, INDEX_MIN_TTL, PoolIndex, PoolView, btime, 
 
 log = logging.getLogger(__name__)
 
-STAT_CHUNK = MAX_BATCH     # names stat'ed per batch of a listing (one more goes ahead)
+LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
 SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
 POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
@@ -341,20 +341,11 @@ class PoolDir(DirNode):
         items = [(n, False) for n in files] + [(h, True) for h in heads]
         striped_heads = {split_piece(h)[0] for h in heads}  # type: ignore[index]
         start = 0
-        ahead: tuple[list[str], Batch] | None = None
         while start < len(items) or pieces:
-            part = items[start:start + STAT_CHUNK]
-            plain = [n for n, head in part if not head]
-            pre = ahead[1] if ahead is not None and ahead[0] == plain else None
-            # The next part's stats go out now, while the kernel takes this part: the
-            # OSD answers them meanwhile instead of after.
-            following = [n for n, head in items[start + STAT_CHUNK:start + 2 * STAT_CHUNK]
-                         if not head]
-            ahead = (following, await self._submit_stats(io, following)) if following \
-                else None
+            part = items[start:start + LIST_CHUNK]
             batch = []
-            for entry in await self._stat_files(io, plain, [n for n, head in part if head],
-                                                pre):
+            for entry in await self._stat_files(io, [n for n, head in part if not head],
+                                                [n for n, head in part if head]):
                 if entry[0] in shown_files:  # a plain `x` beside a striped `x`: lookup
                     continue                 # resolves the plain one, listed first
                 shown_files.add(entry[0])
@@ -415,12 +406,7 @@ class PoolDir(DirNode):
                 found.add(oid)
         return found
 
-    async def _submit_stats(self, io: rados.Ioctx, names: list[str]) -> Batch:
-        return await self.fs.bridge.submit_batch([
-            (lambda cb, o=self.prefix + n: io.aio_stat(o, cb)) for n in names])
-
-    async def _stat_files(self, io: rados.Ioctx, names: list[str], heads: list[str],
-                          pre: Batch | None = None):
+    async def _stat_files(self, io: rados.Ioctx, names: list[str], heads: list[str]):
         """Stat a batch of objects concurrently (not one by one): `ls -l` of a big pool.
 
         `heads` are names like `x.0000000000000000`: shown as the striped file `x` when
@@ -438,11 +424,8 @@ class PoolDir(DirNode):
 
         async def plain_all() -> None:
             oids = [self.prefix + name for name in names]
-            if pre is not None:  # submitted ahead (see entries)
-                stats = await pre.results()
-            else:
-                stats = await bridge.aio_many([
-                    (lambda cb, o=o: io.aio_stat(o, cb)) for o in oids])
+            stats = await bridge.aio_many([
+                (lambda cb, o=o: io.aio_stat(o, cb)) for o in oids])
             await owners_done.wait()
             for i, (name, oid, res) in enumerate(zip(names, oids, stats)):
                 if isinstance(res, BaseException):
