@@ -65,3 +65,22 @@ def to_errno(exc: BaseException, what: str) -> int:
         return errno.EIO
     log.error("%s: unexpected failure: %r", what, exc, exc_info=err is None)
     return errno.EIO
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could start a line or fake one escaped
+    (a newline in a file or xattr name must not write a log line of its own)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+class EscapingFilter(logging.Filter):
+    """On each log handler: the formatted message, with names in it, is made printable."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        safe = printable(msg)
+        if safe is not msg or record.args:
+            record.msg, record.args = safe, None
+        return True
