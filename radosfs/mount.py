@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import faulthandler
 import logging
 import logging.handlers
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -23,6 +25,7 @@ import pyfuse3
 import trio
 
 from .cache import PageCache
+from .errors import EscapingFilter
 from .client.bridge import Bridge
 from .client.connection import ClientConfig, ConnectError, Connection, open_cluster
 from .operations import Operations
@@ -75,11 +78,30 @@ def resolve_options(args: argparse.Namespace) -> MountOptions:
         raise MountError(f"ceph configuration {mo.conf} not found (use -o conf=PATH)")
     if mo.keyring is not None and not os.path.isfile(mo.keyring):
         raise MountError(f"keyring {mo.keyring} not found")
+    # The daemon changes to / before librados reads them.
+    mo.conf = os.path.abspath(mo.conf)
+    if mo.keyring is not None:
+        mo.keyring = os.path.abspath(mo.keyring)
     return mo
+
+
+def _clear_dead_mount(path: str) -> None:
+    """A FUSE mount whose daemon is gone (killed) answers ENOTCONN: unmount it."""
+    try:
+        os.stat(path)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            return
+    res = subprocess.run(["fusermount3", "-u", path], capture_output=True, timeout=30)
+    if res.returncode != 0:
+        raise MountError(f"mountpoint {path} is a dead mount (its daemon is gone); "
+                         f"clear it with: fusermount3 -u {path}")
 
 
 def check_mountpoint(path: str) -> str:
     path = os.path.abspath(path)
+    _clear_dead_mount(path)
     if not os.path.exists(path):
         raise MountError(f"mountpoint {path} does not exist")
     if not os.path.isdir(path):
@@ -116,6 +138,7 @@ def setup_logging(foreground: bool, debug: bool, logfile: str | None) -> None:
                                                "%(name)s: %(message)s"))
     else:
         handler = logging.NullHandler()
+    handler.addFilter(EscapingFilter())  # names in messages cannot forge log lines
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
 

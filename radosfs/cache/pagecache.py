@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 READAHEAD_START = 1 << 20
 READAHEAD_MAX = 32 << 20
 DIRTY_EXPIRE = 5.0   # seconds data may stay unwritten while its file stays open
+WRITE_RETRY = 1.0    # a file whose write-back fails: writes refused retry at most this often
 
 
 class PageCache:
@@ -353,7 +354,10 @@ class PageCache:
     # ---- writing ----------------------------------------------------------------------
 
     async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
+        """Store a write in the cache. A write that raises has stored nothing: errors are
+        decided before the first byte goes into a page."""
         self.stats["writes"] += 1
+        await self._admit(f)
         if f.dirty_since is None:
             f.dirty_since = trio.current_time()
         pos = 0
@@ -431,17 +435,55 @@ class PageCache:
             f.dirty_pages.add(idx)
         self.dirty_bytes += (page.dirty_hi - page.dirty_lo) - before
 
-    async def _throttle_writer(self, f: CachedFile) -> None:
-        """Back-pressure: the writer waits until dirty data is below the limit again."""
+    async def _admit(self, f: CachedFile) -> None:
+        """Before a write stores anything: refuse it if its file cannot be written back
+        (its data would only pile up in memory and land later, after the writer was told
+        it failed), and hold it while dirty data is over the limit."""
+        if f.failed is not None:
+            f.error = None  # reported now
+            now = trio.current_time()
+            if not f.in_transit and now - f.retried_at >= WRITE_RETRY:
+                # Try again now and then: the cluster may take it now (quota lifted).
+                f.retried_at = now
+                self._start_writeback(f, full_only=False)
+            raise RadosFSError(f.failed, f"write-back to {f.key} fails", logged=True)
         while self.dirty_bytes > self.dirty_limit:
-            if f.error is not None:
-                # Its write-back fails: tell the writer rather than retry forever.
-                err, f.error = f.error, None
-                raise RadosFSError(err, f"write-back to {f.key} failed")
+            self._kick_all(f)
+            if f.failed is not None:
+                f.error = None
+                raise RadosFSError(f.failed, f"write-back to {f.key} fails", logged=True)
+            if not self.transit_bytes:
+                # Nothing in flight: the rest is data whose write-back fails. This file's
+                # is not: once stored it goes out at once (`write` starts it).
+                if self.stuck_bytes() > self.dirty_limit:
+                    # The memory cap for data that cannot be written: refused.
+                    err = self._stuck_errno()
+                    raise RadosFSError(err, "too much data waits for write-back that fails",
+                                      logged=True)
+                return
+            await self.progress.park()
+
+    def stuck_bytes(self) -> int:
+        return sum(o.dirty_bytes for o in self.files.values() if o.failed is not None)
+
+    def _stuck_errno(self) -> int:
+        for o in self.files.values():
+            if o.failed is not None:
+                return o.failed
+        return errno.EIO
+
+    def _kick_all(self, f: CachedFile) -> None:
+        if f.failed is None:
             self._start_writeback(f, full_only=False)
-            for other in list(self.files.values()):
-                if other.dirty_pages and other.error is None:  # failing: its flush retries
-                    self._start_writeback(other, full_only=False)
+        for other in list(self.files.values()):
+            if other.dirty_pages and other.error is None and other.failed is None:
+                self._start_writeback(other, full_only=False)  # failing: its flush retries
+
+    async def _throttle_writer(self, f: CachedFile) -> None:
+        """Back-pressure: the writer (whose bytes are stored: it succeeds) waits until
+        dirty data is below the limit again, or until nothing more can be written."""
+        while self.dirty_bytes > self.dirty_limit:
+            self._kick_all(f)
             if not self.transit_bytes:
                 return  # what is left cannot go now (its write-back failed): don't wait
             await self.progress.park()
@@ -519,11 +561,17 @@ class PageCache:
             await f.backend.write(offset, data)
             self.stats["bytes_written"] += len(data)
             f.stored_size = max(f.stored_size, offset + len(data))
+            if f.failed is not None:
+                log.warning("write-back to %s works again", f.key)
+                f.failed = None
         except Exception as exc:
             err = errno_of(exc) or errno.EIO
             self.stats["writeback_errors"] += 1
-            log.error("write-back of %d bytes at %d to %s failed: %s", len(data), offset,
-                      f.key, exc)
+            # Once per file and errno, not once per run and retry.
+            log.log(logging.DEBUG if f.failed == err else logging.ERROR,
+                    "write-back to %s failed: %s (%d bytes at %d; kept, and new writes "
+                    "refused, until a retry works)", f.key, exc, len(data), offset)
+            f.failed = err
             if f.error is None:
                 f.error = err
             self._redirty(f, offset, idxs, data)
@@ -590,8 +638,8 @@ class PageCache:
             if not f.dirty:
                 f.version = await f.backend.version()
         err, f.error = f.error, None
-        if err is not None:
-            raise RadosFSError(err, f"write-back to {f.key} failed")
+        if err is not None:  # its cause was logged when the write-back failed
+            raise RadosFSError(err, f"write-back to {f.key} failed", logged=True)
 
     async def expire_dirty(self, delay: float = DIRTY_EXPIRE) -> None:
         """Background task: write back data dirty for `delay` seconds even while its file

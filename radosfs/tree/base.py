@@ -20,6 +20,7 @@ from ..cache.backend import Backend
 from ..errors import RadosFSError
 from ..store.keys import StoreKey
 from ..store.ownership import NO_OVERRIDE, Ownership
+from ..store.striper import MAX_FILE_SIZE
 from .context import MountContext
 from .inodes import NodeKey
 
@@ -70,7 +71,7 @@ class Node:
         a.st_nlink = nlink
         a.st_uid = opts.uid if owner.uid is None else owner.uid
         a.st_gid = opts.gid if owner.gid is None else owner.gid
-        a.st_size = size
+        a.st_size = min(size, (1 << 63) - 1)
         a.st_blksize = 1 << 22
         a.st_blocks = (size + 511) // 512
         if times is None:
@@ -282,12 +283,19 @@ class FileNode(Node):
 
     async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
         self.check_writable()
+        self._check_size(offset + len(data))
         n = await self.cache.write(f, offset, data)
         self.mtime = time.time()
         return n
 
+    @staticmethod
+    def _check_size(size: int) -> None:
+        if size > MAX_FILE_SIZE:
+            raise RadosFSError(errno.EFBIG, f"past the largest file size ({MAX_FILE_SIZE})")
+
     async def truncate(self, size: int) -> None:
         self.check_writable()
+        self._check_size(size)
         f, _ = await self.cache.open(await self.backend())
         try:
             await self.cache.truncate(f, size)
