@@ -7,6 +7,7 @@ task nursery, for background work) are set on it from outside, S3QL-style.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -61,6 +62,11 @@ class MountContext:
         return await pool_has_overrides(self.bridge, io, self.pool_flag(pool))
 
     def counters(self) -> dict:
-        return {"cache": self.cache.counters(),
+        o = self.options
+        return {"mount": {"pid": os.getpid(), "ro": o.ro, "log": o.log, "name": o.name,
+                          "conf": o.conf, "mon_host": o.mon_host, "cluster": o.cluster,
+                          "pools": o.pools or None, "foreign_pools": o.foreign_pools,
+                          "cache_size": o.cache_size, "since": int(self.mount_time)},
+                "cache": self.cache.counters(),
                 "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
                               bytes_in_flight=self.bridge.throttle.bytes)}
