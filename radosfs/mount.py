@@ -506,5 +506,10 @@ def _wait_ready(rfd: int, pid: int, mountpoint: str) -> int:
     return 1
 
 
+def entry() -> None:
+    """The `mount.radosfs` console script."""
+    sys.exit(main())
+
+
 if __name__ == "__main__":
     sys.exit(main())

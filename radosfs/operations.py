@@ -94,7 +94,10 @@ class Operations(pyfuse3.Operations):
         parts = []
         for i, a in enumerate(args[:4]):
             if isinstance(a, bytes):
-                parts.append(a.decode("utf-8", "replace")[:200])
+                if what == "setxattr" and i == 2:   # an xattr value: never logged
+                    continue
+                # a name: escaped, so raw bytes never reach a log line
+                parts.append(a[:200].decode("utf-8", "backslashreplace"))
             elif isinstance(a, int) and not isinstance(a, bool):
                 if i == 0 and what in FH_HANDLERS:  # a file handle, not an inode
                     h = self.handles.get(a) or self.dirs.get(a)

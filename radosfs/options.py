@@ -192,7 +192,7 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
     elif key == "cluster":
         mo.cluster = need()
     elif key in ("mon_host", "mon_addr"):
-        mo.mon_host = need().replace("/", ",")   # mount.ceph separates several with /
+        mo.mon_host = need()   # several: separated by ; or spaces, as in ceph.conf
     elif key.startswith("ceph."):
         opt = key[len("ceph."):]
         if not opt:

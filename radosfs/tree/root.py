@@ -16,6 +16,10 @@ from .names import check_component
 log = logging.getLogger(__name__)
 
 STATS_NAME = ".radosfs-stats"   # read-only JSON counters at the mount root
+# `setfattr -n user.radosfs.flush -v 1 MOUNTPOINT` (what `radosfs flush` does): write back
+# every dirty file of the mount; returns once RADOS has acknowledged all of it (EIO if any
+# could not be written: they stay dirty and are retried, as after a failed close).
+FLUSH_XATTR = "radosfs.flush"
 
 
 class RootNode(DirNode):
@@ -39,6 +43,15 @@ class RootNode(DirNode):
             node = await self.kinds.pool(name)
             batch.append((name, node, await node.attributes()))
         yield batch
+
+    async def set_xattr(self, key: str, value: bytes) -> None:
+        if key != FLUSH_XATTR:
+            raise RadosFSError(errno.ENOTSUP, "the mount root stores no xattrs")
+        failed = await self.fs.cache.flush_all()
+        log.info("flush asked: %s", f"{len(failed)} file(s) failed" if failed else "done")
+        if failed:
+            raise RadosFSError(errno.EIO, f"flush: {len(failed)} file(s) could not be "
+                                          f"written back")
 
     async def mkdir(self, name: str) -> Node:
         check_component(name)
