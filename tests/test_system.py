@@ -442,3 +442,38 @@ def test_radosfs_commands(cluster, mp, pool, tmp_path):
         one_line_error(res, "nope")
         res = radosfs_cmd("flush", str(mp / pool), check=False)
         one_line_error(res, "not a radosfs mount")
+
+
+# ---- scope and protection ----------------------------------------------------------------
+
+@pytest.fixture
+def cephfs_pool(cluster):
+    name = "cfs-" + os.urandom(4).hex()
+    cluster.ceph("osd", "pool", "create", name, "8")
+    cluster.ceph("osd", "pool", "application", "enable", name, "cephfs")
+    run(["rados", "-p", name, "put", "mds0_openfiles.0", "/etc/hostname"], cluster)
+    yield name
+    cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+
+def test_pools_of_other_applications_are_read_only(cluster, mp, cephfs_pool, pool):
+    with mounted(cluster, mp):
+        f = mp / cephfs_pool / "mds0_openfiles.0"
+        assert f.read_bytes() == Path("/etc/hostname").read_bytes()
+        assert os.stat(f).st_mode & 0o222 == 0 and os.stat(mp / cephfs_pool).st_mode & 0o222 == 0
+        res = run(f"echo x > '{f}'", check=False)
+        assert b"Read-only file system" in res.stderr
+        assert os.stat(mp / pool).st_mode & 0o200   # an ordinary pool stays writable
+    with mounted(cluster, mp, "foreign_pools=rw"):
+        run(f"echo x > '{mp / cephfs_pool / 'mine'}'")
+    with mounted(cluster, mp, "foreign_pools=hide"):
+        assert cephfs_pool not in os.listdir(mp) and pool in os.listdir(mp)
+        assert not (mp / cephfs_pool).exists()
+
+
+def test_pools_option_chooses_what_is_mounted(cluster, mp, pool, cephfs_pool):
+    with mounted(cluster, mp, f"pools={pool}"):
+        assert os.listdir(mp) == [pool]
+        assert not (mp / cephfs_pool).exists()
+        res = run(["mkdir", str(mp / "another")], check=False)
+        assert res.returncode != 0

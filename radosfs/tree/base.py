@@ -52,8 +52,15 @@ class Node:
     def describe(self) -> str:
         return self.key.describe()
 
+    @property
+    def writable(self) -> bool:
+        """Neither a ro mount, nor a read-only node, nor in a pool of another application
+        (foreign_pools=ro, the default: see docs/options.md)."""
+        return not (self.fs.options.ro or self.read_only
+                    or self.fs.foreign_read_only(getattr(self, "pool", None)))
+
     def check_writable(self) -> None:
-        if self.fs.options.ro or self.read_only:
+        if not self.writable:
             raise RadosFSError(errno.EROFS, "read-only")
 
     async def attributes(self) -> pyfuse3.EntryAttributes:
@@ -111,7 +118,7 @@ class DirNode(Node):
 
     async def attributes(self) -> pyfuse3.EntryAttributes:
         mode = self.fs.options.dir_mode()
-        if self.read_only or self.fs.options.ro:
+        if not self.writable:
             mode &= ~0o222
         return self._attrs(stat.S_IFDIR | mode, nlink=2)
 
@@ -224,7 +231,7 @@ class FileNode(Node):
     def file_attrs(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
         self.kernel_size = size  # what the kernel now believes (see Operations.open)
         mode = self.fs.options.file_mode() if self.owner.mode is None else self.owner.mode
-        if self.read_only or self.fs.options.ro:
+        if not self.writable:
             mode &= ~0o222
         return self._attrs(stat.S_IFREG | mode, size, mtime, owner=self.owner)
 

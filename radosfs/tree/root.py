@@ -33,6 +33,9 @@ class RootNode(DirNode):
             await self.fs.conn.latest_osdmap()  # made by another client just now?
             if not await self.fs.conn.pool_exists(name):
                 raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        if not await self.fs.pool_shown(name):
+            raise RadosFSError(errno.ENOENT, f"pool {name} is not mounted (pools=, "
+                                             f"foreign_pools=hide)")
         return await self.kinds.pool(name)
 
     async def entries(self):
@@ -40,6 +43,8 @@ class RootNode(DirNode):
         pools = await self.fs.conn.list_pools()
         batch: list[Entry] = []
         for name in sorted(pools):
+            if not await self.fs.pool_shown(name):
+                continue
             node = await self.kinds.pool(name)
             batch.append((name, node, await node.attributes()))
         yield batch
@@ -55,6 +60,8 @@ class RootNode(DirNode):
 
     async def mkdir(self, name: str) -> Node:
         check_component(name)
+        if self.fs.options.pools and name not in self.fs.options.pools:
+            raise RadosFSError(errno.EPERM, f"pool {name} is not in pools= of this mount")
         if await self.fs.conn.pool_exists(name):
             raise RadosFSError(errno.EEXIST, f"pool {name} exists")
         await self.fs.conn.create_pool(name)
@@ -62,8 +69,11 @@ class RootNode(DirNode):
         return await self.lookup(name)
 
     async def rmdir(self, name: str) -> None:
-        if not await self.fs.conn.pool_exists(name):
+        if not await self.fs.conn.pool_exists(name) or not await self.fs.pool_shown(name):
             raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        if self.fs.foreign_read_only(name):
+            raise RadosFSError(errno.EROFS, f"pool {name} belongs to another application "
+                                            f"(foreign_pools=rw to change it)")
         if not self.fs.options.allow_pool_delete:
             raise RadosFSError(errno.EPERM, f"pool {name} not removed: mount with "
                                             f"allow_pool_delete to remove pools")
