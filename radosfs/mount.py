@@ -20,6 +20,8 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 from . import __version__
 
@@ -47,6 +49,7 @@ from .cache import PageCache
 from .client.bridge import Bridge
 from .client.connection import ClientConfig, ConnectError, Connection, open_cluster
 from .operations import Operations
+from .store.keys import IMAGE
 from .options import HELP, KERNEL_FLAGS, MountOptions, OptionError, parse_options
 from .tree.context import MountContext
 from .tree.kinds import NodeKinds
@@ -57,6 +60,10 @@ log = logging.getLogger("radosfs")
 FALLBACK_LOG = "/var/log/radosfs.log"
 
 READY_TIMEOUT = 30.0   # the parent waits this long for the daemon to report
+# The bridge's deadline is op_timeout plus this: librados' own timeouts (set to op_timeout)
+# normally answer first, so the bridge abandons only calls librados does not bound.
+TIMEOUT_GRACE = 1.0
+SHUTDOWN_TIMEOUT = 10.0  # Rados.shutdown() may wait for a cluster that is gone
 
 
 class MountError(Exception):
@@ -242,10 +249,12 @@ def reopen_logs() -> None:
 
 
 async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
-                ready) -> None:
-    """Mount, report readiness, serve until unmounted or signalled, then write back."""
+                ready) -> int:
+    """Mount, report readiness, serve until unmounted or signalled, then write back.
+
+    Returns how many librados calls were abandoned and are still running."""
     # The collaborators are built here and injected (S3QL's mount.py is the model).
-    conn = Connection(handle, Bridge())
+    conn = Connection(handle, Bridge(op_timeout=fs_options.op_timeout, grace=TIMEOUT_GRACE))
     fs = MountContext(conn, fs_options, PageCache(fs_options.cache_size))
     fs.kinds = kinds = NodeKinds(fs)
     ops = Operations(fs, kinds.root())
@@ -263,17 +272,47 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
             log.info("mounted %s on %s", source, mountpoint)
             ready(None)
             await pyfuse3.main()
-            failed = await fs.cache.flush_all()
-            for key, err in failed:
-                log.error("umount: data of %s could not be written back (%s); it is lost",
-                          key, os.strerror(err))
-            # Before Rados.shutdown(): closing an rbd.Image after it hangs forever.
-            await fs.images.close_all()
+            await _write_back_at_exit(fs, fs_options.op_timeout + TIMEOUT_GRACE)
             clean = True
             nursery.cancel_scope.cancel()
     finally:
         pyfuse3.close(unmount=True)
         log.info("unmounted %s%s", mountpoint, "" if clean else " (after an error)")
+    return conn.bridge.stuck
+
+
+async def _write_back_at_exit(fs: MountContext, bound: float) -> None:
+    """Write back what is still dirty, then close the images; bounded when the cluster
+    does not answer: no write-back acknowledged for `bound` seconds ends the write-back
+    (what is left is logged as lost, file by file), and closing the images gets `bound`
+    seconds in all. A cluster that answers, however slowly, is waited for."""
+    started = time.monotonic()
+    dirty = sum(1 for f in fs.cache.files.values() if f.dirty)
+    if dirty:
+        log.info("writing back %d file(s) before exit", dirty)
+    failed = await fs.cache.flush_all(stall=bound)
+    for key, err in failed:
+        f = fs.cache.get(key)
+        log.error("exit: %d bytes of %s could not be written back (%s); they are lost",
+                  f.dirty_bytes if f is not None else 0, _describe(fs, key),
+                  os.strerror(err))
+    # Before Rados.shutdown(): closing an rbd.Image after it hangs forever.
+    with trio.move_on_after(bound) as scope:
+        await fs.images.close_all()
+    if scope.cancelled_caught:
+        log.error("exit: images still not closed after %.0fs; exiting without", bound)
+    if dirty or failed:
+        log.info("write-back at exit took %.1fs", time.monotonic() - started)
+
+
+def _describe(fs: MountContext, key) -> str:
+    """A cache key as the path a user knows: pool/object, pool/image."""
+    if key.kind == IMAGE:
+        backend = fs.images._backends.get(key)
+        name = backend.name if backend is not None else f"(image id {key.name})"
+    else:
+        name = key.name
+    return f"{key.pool}/{name}" + (f" at snapshot {key.view}" if key.view else "")
 
 
 async def _set_readahead(mountpoint: str, kb: int) -> None:
@@ -331,18 +370,38 @@ def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     except (ConnectError, MountError) as exc:
         ready(str(exc))
         return 1
+    code = 0
+    stuck = 0
     try:
-        trio.run(serve, mo, handle, mountpoint, source, ready)
+        stuck = trio.run(serve, mo, handle, mountpoint, source, ready)
     except MountError as exc:
         ready(str(exc))
-        return 1
+        code = 1
     except Exception as exc:  # a bug: log it fully, tell the caller one line
         log.exception("radosfs stopped on an unexpected error")
         ready(f"unexpected error: {exc!r}")
-        return 1
-    finally:
-        handle.shutdown()
-    return 0
+        code = 1
+    if not _shutdown(handle, SHUTDOWN_TIMEOUT) or stuck:
+        # Worker threads still inside librados (calls abandoned at their deadline) or a
+        # shutdown that did not return: the interpreter's exit could wait for them, or
+        # finalize an rbd.Image whose close then hangs. Leave at once.
+        log.info("exiting with %d call(s) still stuck in librados", stuck)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _shutdown(handle, timeout: float) -> bool:
+    """Rados.shutdown() in a thread, waited for at most `timeout` seconds."""
+    t = threading.Thread(target=handle.shutdown, name="rados shutdown", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        log.error("librados shutdown did not return within %.0fs", timeout)
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from typing import Any, Callable, cast
 
 import pyfuse3
@@ -17,7 +18,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from .cache import CachedFile, ReadState
-from .errors import RadosFSError, to_errno
+from .errors import RadosFSError, errno_of, to_errno
 from .store.ownership import Ownership
 from .tree.base import DirNode, FileNode, Node
 from .tree.context import MountContext
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 FH_HANDLERS = {"read", "write", "flush", "fsync", "release", "readdir", "releasedir"}
 XATTR_USER = "user."
+# The kernel answers a failed revalidation with a fresh lookup of the same name: a lookup
+# that timed out this recently fails at once instead of waiting op_timeout again.
+LOOKUP_FAIL_FAST = 2.0
 
 
 def _name(raw: bytes) -> str:
@@ -52,13 +56,14 @@ def fuse_errors(fn: Callable) -> Callable:
 
 
 class Handle:
-    __slots__ = ("node", "file", "read_state", "writable")
+    __slots__ = ("node", "file", "read_state", "writable", "flush_failed")
 
     def __init__(self, node: FileNode, file: CachedFile, writable: bool) -> None:
         self.node = node
         self.file = file
         self.read_state = ReadState()
         self.writable = writable
+        self.flush_failed = False   # the close()'s flush just failed: release won't retry
 
 
 class DirHandle:
@@ -86,6 +91,7 @@ class Operations(pyfuse3.Operations):
         self.handles: dict[int, Handle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self._timed_out: dict[tuple[int, bytes], float] = {}
 
     # ---- helpers ---------------------------------------------------------------------
 
@@ -128,11 +134,13 @@ class Operations(pyfuse3.Operations):
             raise RadosFSError(errno.EISDIR, "is a directory")
         return node
 
-    def _owner_for_create(self, mode: int, ctx) -> Ownership:
-        """What a new file must remember beyond the mount's defaults (cp -p, rsync -a)."""
+    def _owner_for_create(self, mode: int, ctx, default: int | None = None) -> Ownership:
+        """What a new file (or directory: `default` = the mount's directory mode) must
+        remember beyond the mount's defaults (cp -p, rsync -a, mkdir -m)."""
         opts = self.fs.options
+        default = opts.file_mode() if default is None else default
         perm = mode & 0o7777 & ~(getattr(ctx, "umask", 0) or 0)
-        return Ownership(perm if perm != opts.file_mode() else None,
+        return Ownership(perm if perm != default else None,
                          ctx.uid if ctx is not None and ctx.uid != opts.uid else None,
                          ctx.gid if ctx is not None and ctx.gid != opts.gid else None)
 
@@ -144,8 +152,24 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx=None) -> pyfuse3.EntryAttributes:
-        node = await self._dir(parent_inode).lookup(_name(name))
-        return await node.attributes()
+        key = (parent_inode, name)
+        failed = self._timed_out.get(key)
+        now = trio.current_time()
+        if failed is not None and now - failed < LOOKUP_FAIL_FAST:
+            raise RadosFSError(errno.ETIMEDOUT, f"a lookup of this name timed out "
+                                                f"{now - failed:.1f}s ago")
+        try:
+            node = await self._dir(parent_inode).lookup(_name(name))
+            attrs = await node.attributes()
+        except Exception as exc:
+            if errno_of(exc) == errno.ETIMEDOUT:
+                if len(self._timed_out) > 1000:
+                    self._timed_out = {k: t for k, t in self._timed_out.items()
+                                       if now - t < LOOKUP_FAIL_FAST}
+                self._timed_out[key] = trio.current_time()
+            raise
+        self._timed_out.pop(key, None)
+        return attrs
 
     async def forget(self, inode_list) -> None:
         # Inode numbers are kept for the life of the mount (see tree.inodes.InodeTable).
@@ -168,9 +192,14 @@ class Operations(pyfuse3.Operations):
         if fields.update_size:
             node.check_writable()
             await node.truncate(attr.st_size)
-        if fields.update_mtime:
-            await node.touch(attr.st_mtime_ns / 1e9)
+        if fields.update_mtime or fields.update_atime:
+            await node.touch(attr.st_mtime_ns if fields.update_mtime else None,
+                             attr.st_atime_ns if fields.update_atime else None)
         return await node.attributes()
+
+    @fuse_errors
+    async def readlink(self, inode: int, ctx) -> bytes:
+        return await self._node(inode).readlink()
 
     # ---- directories -----------------------------------------------------------------
 
@@ -215,7 +244,41 @@ class Operations(pyfuse3.Operations):
         parent.check_writable()
         text = _name(name)
         check_component(text)
-        node = await parent.mkdir(text)
+        node = await parent.mkdir(text, self._owner_for_create(
+            mode, ctx, self.fs.options.dir_mode()))
+        return await node.attributes()
+
+    @fuse_errors
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes,
+                      ctx) -> pyfuse3.EntryAttributes:
+        parent = self._dir(parent_inode)
+        parent.check_writable()
+        text = _name(name)
+        check_component(text)
+        node = await parent.symlink(text, target, self._owner_for_create(0o777, ctx))
+        return await node.attributes()
+
+    @fuse_errors
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+                    ctx) -> pyfuse3.EntryAttributes:
+        """Device nodes, FIFOs, sockets: EPERM (see docs/semantics.md); a regular file
+        (mknod(2) with S_IFREG) is an ordinary create."""
+        parent = self._dir(parent_inode)
+        parent.check_writable()
+        text = _name(name)
+        check_component(text)
+        if stat.S_ISREG(mode):
+            node = await parent.create(text, self._owner_for_create(mode, ctx))
+        else:
+            node = await parent.mknod(text, mode)
+        return await node.attributes()
+
+    @fuse_errors
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
+                   ctx) -> pyfuse3.EntryAttributes:
+        parent = self._dir(new_parent_inode)
+        parent.check_writable()
+        node = await parent.link(self._node(inode), _name(new_name))
         return await node.attributes()
 
     @fuse_errors
@@ -292,7 +355,12 @@ class Operations(pyfuse3.Operations):
     async def flush(self, fh: int) -> None:
         h = self.handles[fh]
         if h.file.dirty:
-            await self.fs.cache.flush(h.file)
+            try:
+                await self.fs.cache.flush(h.file)
+            except BaseException:
+                h.flush_failed = True
+                raise
+            h.flush_failed = False
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -305,6 +373,10 @@ class Operations(pyfuse3.Operations):
             return
         if h.file.dirty:
             try:
+                if h.flush_failed:
+                    # close() got the error a moment ago: retrying now would only make
+                    # the release (and an umount behind it) wait op_timeout once more.
+                    raise RadosFSError(errno.EIO, "the flush at close failed")
                 await self.fs.cache.flush(h.file)
             except RadosFSError as exc:
                 log.error("close of %s: %d dirty bytes could not be written (errno %d); "

@@ -13,15 +13,18 @@ FUSE_FLAGS = {"allow_other", "allow_root", "auto_unmount", "default_permissions"
 KERNEL_FLAGS = {"noexec", "exec", "nosuid", "suid", "nodev", "dev", "noatime", "atime",
                 "dirsync", "sync"}
 # Generic mount(8) options that mean nothing here but must not be an error in fstab.
-# (`relatime` and friends: libfuse refuses them; relatime is the kernel's default anyway.)
+# (`relatime` and friends are radosfs's atime choices below; libfuse refuses them.)
 IGNORED = {"auto", "noauto", "user", "nouser", "users", "owner", "nofail", "_netdev",
-           "defaults", "relatime", "norelatime", "strictatime", "nostrictatime",
-           "nodiratime", "diratime", "lazytime", "nolazytime", "async", "loop", "x-systemd",
-           "comment"}
+           "defaults", "nostrictatime", "nodiratime", "diratime", "lazytime", "nolazytime",
+           "async", "loop", "comment"}
 IGNORED_PREFIXES = ("x-", "comment=", "_")
+# atime choices: what opening a file for reading does to its stored atime
+ATIME = {"noatime": "noatime", "relatime": "relatime", "atime": "strictatime",
+         "strictatime": "strictatime", "norelatime": "strictatime"}
 # What to do with pools that belong to another application (cephfs, rgw, the mgr).
 FOREIGN_CHOICES = ("ro", "rw", "hide")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+
 
 class OptionError(ValueError):
     pass
@@ -44,6 +47,8 @@ class MountOptions:
     attr_timeout: float = 1.0
     readahead_kb: int = 1024
     fuse: set[str] = field(default_factory=set)
+    #: noatime (default: reads never write), relatime or strictatime (see docs/options.md)
+    atime: str = "noatime"
     kernel: dict[str, str] = field(default_factory=dict)   # flag family -> flag, last wins
     fsname: str | None = None
     subtype: str = "radosfs"
@@ -93,6 +98,8 @@ HELP = {
     "connect_timeout=SECONDS": "give up connecting after this long (default 10)",
     "op_timeout=SECONDS": "a cluster operation fails with EIO after this long (default 30)",
     "attr_timeout=SECONDS": "how long the kernel caches names and attributes (default 1)",
+    "noatime / relatime / strictatime": "whether opening a file for reading stores a new "
+                                        "atime (default noatime: reads never write)",
     "readahead_kb=N": "kernel read-ahead for the mount, in KiB (default 1024; root only)",
     "log=PATH|stderr|syslog": "where the daemon logs (default: see mount.radosfs(8))",
     "log_level=LEVEL": "debug, info (default), warning or error",
@@ -254,6 +261,12 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
         mo.log_level = value.lower()
     elif key in FUSE_FLAGS:
         mo.fuse.add(key)
+    elif key in ATIME:
+        mo.atime = ATIME[key]
+        if key == "noatime":   # the kernel's flag too (libfuse takes no other atime flag)
+            mo.kernel["atime"] = "noatime"
+        else:
+            mo.kernel.pop("atime", None)
     elif key in KERNEL_FLAGS:
         family = key[2:] if key.startswith("no") else key
         mo.kernel[family] = key

@@ -34,6 +34,31 @@ def cluster():
         shutil.rmtree(base, ignore_errors=True)
 
 
+BIG_FILE = 8 << 20   # bytes on disk: files this big are removed when their test ends
+
+
+@pytest.fixture(autouse=True)
+def _remove_big_files(request):
+    """pytest keeps the temp dirs of its last three runs: the big files tests made there
+    (GiB-sized sources and copies) go as soon as their test ends. Never descends into a
+    mountpoint (a mount left behind must not have its files deleted)."""
+    if "tmp_path" not in request.fixturenames:
+        yield
+        return
+    root = request.getfixturevalue("tmp_path")  # now: torn down after this fixture
+    yield
+    for top, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not os.path.ismount(os.path.join(top, d))]
+        for name in files:
+            path = os.path.join(top, name)
+            try:
+                st = os.lstat(path)
+                if st.st_blocks * 512 >= BIG_FILE and not os.path.islink(path):
+                    os.unlink(path)
+            except OSError:
+                pass
+
+
 class Mount(MountProcess):
     """A radosfs mount made by the real mount command, unmounted on close."""
 

@@ -608,16 +608,48 @@ class PageCache:
                     f.dirty_since = now
                     self._start_writeback(f, full_only=False)
 
-    async def flush_all(self) -> list[tuple[Hashable, int]]:
-        """Write back everything (umount, snapshots); returns files that failed."""
-        failed = []
-        for f in list(self.files.values()):
-            if f.dirty:
-                try:
-                    await self.flush(f)
-                except RadosFSError as exc:
-                    failed.append((f.key, exc.errno))
-        return failed
+    async def flush_all(self, stall: float | None = None) -> list[tuple[Hashable, int]]:
+        """Write back everything (umount); returns the files that failed, with the errno.
+
+        Files are written back concurrently (a cluster that does not answer costs one
+        op_timeout, not one per file). With `stall`, it gives up once no write-back has
+        been acknowledged for `stall` seconds: what is still dirty then is reported with
+        ETIMEDOUT. A cluster that is slow but answering is waited for.
+        """
+        files = [f for f in self.files.values() if f.dirty]
+        failed: dict[Hashable, int] = {}
+        if not files:
+            return []
+
+        async def one(f: CachedFile) -> None:
+            try:
+                await self.flush(f)
+            except Exception as exc:  # noqa: BLE001 -- reported per file
+                failed[f.key] = errno_of(exc) or errno.EIO
+
+        async def watch(scope: trio.CancelScope) -> None:
+            written, since = self.stats["bytes_written"], trio.current_time()
+            while True:
+                await trio.sleep(min(1.0, stall or 1.0))
+                if self.stats["bytes_written"] != written:
+                    written, since = self.stats["bytes_written"], trio.current_time()
+                elif trio.current_time() - since >= (stall or 0):
+                    log.error("write-back made no progress for %.0fs: giving up on what "
+                              "is left", trio.current_time() - since)
+                    scope.cancel()
+                    return
+
+        async with trio.open_nursery() as outer:
+            if stall is not None:
+                outer.start_soon(watch, outer.cancel_scope)
+            async with trio.open_nursery() as flushes:
+                for f in files:
+                    flushes.start_soon(one, f)
+            outer.cancel_scope.cancel()
+        for f in files:
+            if f.dirty and f.key not in failed:
+                failed[f.key] = errno.ETIMEDOUT
+        return [(key, err) for key, err in failed.items()]
 
     async def flush_where(self, match) -> None:
         """Write back every file whose key satisfies `match` (e.g. one pool's files)."""

@@ -6,6 +6,7 @@ All three are set here from mount options, so no call made through the mount han
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +18,10 @@ from .listing import Lister
 from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
+
+# How long a check that our osdmap is the latest may wait for the monitors when our copy
+# would do (listings, "is this an rbd pool"); a lookup of an unknown pool waits op_timeout.
+FRESHNESS_WAIT = 3.0
 
 
 @dataclass
@@ -117,6 +122,7 @@ class Connection:
         self.bridge = bridge
         self._ioctx: dict[str, rados.Ioctx] = {}
         self.lister = Lister(handle, entity_name_of(handle))
+        self._osdmap_stale_logged = False
 
     async def list_names(self, pool: str, all_namespaces: bool = False,
                          limit: int | None = None) -> list[bytes]:
@@ -155,17 +161,42 @@ class Connection:
         return await self.bridge.run(self.handle.list_pools)
 
     async def pool_exists(self, pool: str) -> bool:
-        return await self.bridge.run(self.handle.pool_exists, pool)
+        """Whether our copy of the osdmap has the pool. Not `Rados.pool_exists`: for a name
+        it does not know, librados waits for the latest osdmap inside it, with no bound
+        while the monitors are gone (see latest_osdmap for asking the monitors)."""
+        return pool in await self.list_pools()
 
     async def pool_applications(self, pool: str) -> list[str]:
         io = await self.ioctx(pool)
         # None (not a list) once the pool is gone from our osdmap.
         return await self.bridge.run(io.application_list) or []
 
-    async def latest_osdmap(self) -> None:
+    async def latest_osdmap(self, required: bool = False) -> bool:
         """Pools and pool snapshots live in the osdmap, and our copy can be seconds behind
-        the monitors (changes made by other clients): fetch the latest."""
-        await self.bridge.run(self.handle.wait_for_latest_osdmap)
+        the monitors (changes made by other clients): fetch the latest.
+
+        `Rados.wait_for_latest_osdmap` has no deadline of its own (it waits for the
+        monitors however long they are gone), so one call is shared by everyone asking
+        meanwhile and bounded by op_timeout (Bridge.run_shared). Without the monitors
+        nobody can change the osdmap, so our copy is the best there is: returns False
+        (and logs) when they do not answer in time, or raises ETIMEDOUT if `required`.
+        """
+        limit = self.bridge.op_timeout
+        if not required and limit is not None:
+            limit = min(limit, FRESHNESS_WAIT)  # only a freshness check: don't wait long
+        try:
+            await self.bridge.run_shared("wait_for_latest_osdmap",
+                                         self.handle.wait_for_latest_osdmap, timeout=limit,
+                                         what="Rados.wait_for_latest_osdmap")
+            self._osdmap_stale_logged = False
+            return True
+        except RadosFSError as exc:
+            if exc.errno != errno.ETIMEDOUT or required:
+                raise
+            if not self._osdmap_stale_logged:
+                self._osdmap_stale_logged = True
+                log.warning("monitors not answering: using our copy of the osdmap (%s)", exc)
+            return False
 
     async def create_pool(self, pool: str, application: str = "radosfs") -> None:
         await self.bridge.run(self.handle.create_pool, pool)
@@ -181,6 +212,13 @@ class Connection:
         rc, out, err = await self.bridge.run(self.handle.mon_command, json.dumps(cmd), b"")
         if rc < 0:
             raise RadosFSError(-rc, err or f"mon command {cmd.get('prefix')} failed")
+        return out.decode() if isinstance(out, bytes) else out
+
+    async def mgr_command(self, cmd: dict) -> str:
+        rc, out, err = await self.bridge.run(self.handle.mgr_command, json.dumps(cmd), b"",
+                                             what=f"mgr command {cmd.get('prefix')}")
+        if rc < 0:
+            raise RadosFSError(-rc, err or f"mgr command {cmd.get('prefix')} failed")
         return out.decode() if isinstance(out, bytes) else out
 
     async def cluster_stats(self) -> dict:

@@ -87,11 +87,13 @@ class LocalCluster:
 
     def __init__(self, directory: str | os.PathLike, store: str = "memstore",
                  memstore_bytes: int = 4 << 30, bluestore_bytes: int = 20 << 30,
-                 *, mon_port: int | None = None) -> None:
+                 *, mon_port: int | None = None, extra_conf: str = "") -> None:
         """Describe the cluster; nothing is built or started until ``start()``.
 
         ``mon_port`` forces the mon's msgr2 port on a fresh build (a test hook: it lets a test
         make the mon's bind fail); by default free ports are picked by binding port 0.
+        ``extra_conf`` is added to the ``[global]`` section of a fresh build's ceph.conf (e.g.
+        ``osd fast shutdown = false``, so a memstore OSD survives a stop).
         """
         if store not in ("memstore", "bluestore"):
             raise ValueError(f"store must be 'memstore' or 'bluestore', not {store!r}")
@@ -100,6 +102,7 @@ class LocalCluster:
         self.memstore_bytes = int(memstore_bytes)
         self.bluestore_bytes = int(bluestore_bytes)
         self.mon_port = mon_port
+        self.extra_conf = extra_conf
         self.conf_path: pathlib.Path = self.directory / "ceph.conf"
         self.keyring_path: pathlib.Path = self.directory / f"{_CLUSTER}.client.admin.keyring"
         self._marker = self.directory / _MARKER
@@ -198,6 +201,50 @@ class LocalCluster:
     def running(self) -> bool:
         """True when all three daemons (mon, mgr, OSD) of this cluster are alive."""
         return all(self._alive(d) for d in self._daemons)
+
+    # -- single daemons, for fault tests: stop one and start it again, by pid
+
+    def _daemon(self, kind: str) -> _Daemon:
+        for d in self._daemons:
+            if d.kind == kind:
+                return d
+        raise ValueError(f"no daemon of kind {kind!r} (mon, mgr, osd)")
+
+    def daemon_pid(self, kind: str) -> int | None:
+        """The pid of this cluster's ``kind`` daemon ("mon", "mgr", "osd"), None if stopped."""
+        return self._pid(self._daemon(kind))
+
+    def stop_daemon(self, kind: str, kill: bool = False, grace: float = 15) -> None:
+        """Stop one daemon by pid: SIGTERM (SIGKILL after ``grace`` s), or SIGKILL at once.
+
+        A memstore OSD keeps its data across a stop only with ``osd fast shutdown = false``
+        (``LocalCluster(extra_conf=...)``) and a SIGTERM; bluestore always does.
+        """
+        d = self._daemon(kind)
+        if kill:
+            pid = self._pid(d)
+            if pid is not None:
+                log.info("killing %s (pid %d)", d.name, pid)
+                _signal(pid, signal.SIGKILL)
+        self._stop_daemons([d], grace=grace)
+
+    def start_daemon(self, kind: str, timeout: float = 60) -> None:
+        """Start one stopped daemon of the built cluster again and wait until it serves (a
+        mon answers `ceph mon stat`; an OSD is active; a mgr is launched)."""
+        if self._read_marker() is None:
+            raise ClusterError(f"no built cluster in {self.directory}; use start()")
+        d = self._daemon(kind)
+        deadline = time.monotonic() + timeout
+        self._watch = []
+        if not self._alive(d):
+            self._launch(d)
+        try:
+            if kind == "mon":
+                self._ceph(["mon", "stat"], timeout=self._left(deadline))
+            elif kind == "osd":
+                self._wait_osd_active(deadline)
+        finally:
+            self._watch = []
 
     def __enter__(self) -> "LocalCluster":
         self.start()
@@ -326,6 +373,7 @@ mon max pg per osd = 1000
 mgr initial modules =
 run dir = {d}/run
 crash dir = {d}/crash
+{self.extra_conf}
 
 [client]
 keyring = {self.keyring_path}

@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import time
+from typing import AsyncIterator
 
 import rados
+import trio
 
 from ..client.bridge import Bridge, read_buffer
 from ..errors import RadosFSError
@@ -13,6 +16,7 @@ from ..errors import RadosFSError
 MAX_IO = 8 << 20
 # RADOS refuses objects past osd_max_object_size (128 MiB by default).
 OSD_MAX_OBJECT_SIZE = 128 << 20
+LIST_CHUNK = 1000          # objects pulled from a pool listing per thread hop
 
 
 def struct_to_epoch(t: time.struct_time | None) -> float:
@@ -88,9 +92,9 @@ def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> 
 
 
 async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,
-                        xattrs: dict[str, bytes] | None = None) -> int:
-    """Exclusive create (EEXIST if it exists), asynchronously, with `xattrs` set in the same
-    operation; returns the mtime stored.
+                        xattrs: dict[str, bytes] | None = None, data: bytes = b"") -> int:
+    """Exclusive create (EEXIST if it exists), asynchronously, with `xattrs` and `data` set
+    in the same operation; returns the mtime stored.
 
     The mtime is always given: operate_write_op would store 1970 without one.
     """
@@ -98,9 +102,39 @@ async def create_object(bridge: Bridge, io: rados.Ioctx, oid: str,
     op = io.create_write_op()
     try:
         op.new(rados.LIBRADOS_CREATE_EXCLUSIVE)
+        if data:
+            op.write_full(data)
         for key, value in (xattrs or {}).items():
             op.set_xattr(key, value)
         await bridge.aio(lambda cb: io.operate_aio_write_op(op, oid, cb, mtime=mtime))
     finally:
         io.release_write_op(op)
     return mtime
+
+
+async def list_names(bridge: Bridge, io: rados.Ioctx, chunk: int = LIST_CHUNK
+                     ) -> AsyncIterator[list[str]]:
+    """The names of a pool's objects, `chunk` at a time, each chunk one bounded call
+    (what the striper uses to find a file's pieces; directory listings use the checked
+    listing of client/listing.py, which reports every error).
+
+    The binding's ObjectIterator ends the listing on *any* error (ETIMEDOUT when the OSDs
+    do not answer, EPERM): a failed listing looks complete. It fails only by timing out
+    or at once (caps), so a chunk that comes back short after about librados' op timeout
+    is reported as ETIMEDOUT instead of as the end of the pool.
+    """
+    it = await bridge.run(io.list_objects)
+    limit = bridge.cluster_timeout
+    while True:
+        started = trio.current_time()
+        names = await bridge.run(lambda: [o.key for o in itertools.islice(it, chunk)],
+                                 what="Ioctx.list_objects")
+        took = trio.current_time() - started
+        if len(names) < chunk and limit is not None and took >= 0.8 * max(1, int(limit)):
+            raise RadosFSError(errno.ETIMEDOUT, f"listing of pool {io.name} ended after "
+                                                f"{took:.0f}s: librados timed out (an OSD "
+                                                f"did not answer), not the end of the pool")
+        if names:
+            yield names
+        if len(names) < chunk:
+            return

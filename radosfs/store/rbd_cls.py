@@ -18,6 +18,7 @@ import rados
 
 from ..client.bridge import Bridge, concurrently, read_buffer
 from ..errors import RadosFSError
+from .ownership import ATTRS_XATTR, NO_OVERRIDE, Ownership
 
 CEPH_NOSNAP = 0xFFFFFFFFFFFFFFFE
 RBD_DIRECTORY = "rbd_directory"
@@ -134,3 +135,15 @@ async def image_metadata_get(bridge: Bridge, io: rados.Ioctx, image_id: str,
         raise
     (n,) = struct.unpack_from("<I", raw, 0)
     return raw[4:4 + n]
+
+
+async def image_record(bridge: Bridge, io: rados.Ioctx, image_id: str) -> Ownership:
+    """radosfs's metadata record of an image (store/ownership.py), kept in the image
+    metadata key `radosfs.attrs` ("-" = empty: librbd refuses empty values)."""
+    try:
+        raw = await image_metadata_get(bridge, io, image_id, ATTRS_XATTR)
+    except RadosFSError as exc:
+        if exc.errno in (errno.ENODATA, errno.ENOENT):
+            return NO_OVERRIDE
+        raise
+    return Ownership.decode(raw if raw != b"-" else b"")

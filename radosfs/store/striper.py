@@ -24,9 +24,13 @@ import trio
 from ..client.bridge import Bridge, concurrently
 from ..errors import RadosFSError, errno_of
 from .copy import read_omap, write_meta
-from .rados_ops import operate, read_object, stat_object, write_object
+from .rados_ops import list_names, operate, read_object, stat_object, write_object
 
 STRIPE_THRESHOLD = 64 << 20
+# Truncate/remove: up to this many candidate pieces are tried one by one; past it, the
+# pool listing is used when the pool has fewer than LIST_ADVANTAGE objects per candidate.
+DIRECT_PIECES = 1024
+LIST_ADVANTAGE = 20
 PIECE_RE = re.compile(r"^(.+)\.([0-9a-f]{16})$")
 XATTR_SU = "striper.layout.stripe_unit"
 XATTR_SC = "striper.layout.stripe_count"
@@ -234,19 +238,64 @@ class StripedData:
             self.stored_size = size
 
     async def truncate(self, size: int) -> None:
+        """Cut the file to `size`: pieces wholly past it go, the ones across it are cut.
+
+        Work is proportional to the pieces that exist, not to the logical size (see
+        `existing_pieces`): a sparse 10 TiB file is cut in a few calls."""
         old = max(self.stored_size, await self.size())
         if size < old:
-            for objectno in range(self.layout.object_count(old) - 1, -1, -1):
-                keep = self.layout.object_length(objectno, size)
-                oid = piece_name(self.name, objectno)
+            lay = self.layout
+            set_bytes = lay.object_size * lay.stripe_count
+            first = (size // set_bytes) * lay.stripe_count  # pieces before are untouched
+            gone, cut = [], []
+            for objectno in await self.existing_pieces(first, lay.object_count(old)):
+                keep = lay.object_length(objectno, size)
                 if keep == 0 and objectno > 0:
-                    await self._remove_piece(oid)
-                elif keep < self.layout.object_length(objectno, old):
-                    try:
-                        await self.bridge.run(self.io.trunc, oid, keep)
-                    except rados.ObjectNotFound:
-                        pass
+                    gone.append(objectno)
+                elif keep < lay.object_length(objectno, old):
+                    cut.append((objectno, keep))
+            await self._remove_pieces(gone)
+            for objectno, keep in cut:
+                try:
+                    await self.bridge.run(self.io.trunc, piece_name(self.name, objectno), keep)
+                except rados.ObjectNotFound:
+                    pass
         await self.set_size(size)
+
+    async def existing_pieces(self, first: int, end: int) -> list[int]:
+        """The piece numbers in [first, end) that may exist, highest first.
+
+        A few candidates are returned as they are (a remove of a missing one costs one
+        ENOENT). Past DIRECT_PIECES, whichever is cheaper: every candidate, or the pool
+        listing filtered to this file's pieces (a sparse file of terabytes has millions of
+        candidates and a few pieces; listing costs far less per object than a remove).
+        """
+        n = end - first
+        if n <= DIRECT_PIECES:
+            return list(range(end - 1, first - 1, -1))
+        try:
+            objects = int((await self.bridge.run(self.io.get_stats))["num_objects"])
+        except Exception:  # noqa: BLE001 -- no stats (e.g. no monitor): guess
+            objects = None
+        if objects is not None and n <= objects // LIST_ADVANTAGE:
+            return list(range(end - 1, first - 1, -1))
+        found = []
+        async for chunk in list_names(self.bridge, self.io):
+            for oid in chunk:
+                piece = split_piece(oid)
+                if piece is not None and piece[0] == self.name and first <= piece[1] < end:
+                    found.append(piece[1])
+        return sorted(found, reverse=True)
+
+    async def _remove_pieces(self, objectnos: list[int]) -> None:
+        """Remove pieces concurrently (in batches); missing ones are fine."""
+        io = self.io
+        oids = [piece_name(self.name, n) for n in objectnos]
+        results = await self.bridge.aio_many([(lambda cb, o=o: io.aio_remove(o, cb))
+                                              for o in oids])
+        for res in results:
+            if isinstance(res, BaseException) and errno_of(res) != errno.ENOENT:
+                raise res
 
     async def _remove_piece(self, oid: str) -> None:
         try:
@@ -256,10 +305,10 @@ class StripedData:
                 raise
 
     async def remove(self) -> None:
-        """Remove every piece, piece 0 last (as libradosstriper does)."""
+        """Remove every piece that exists, piece 0 last (as libradosstriper does)."""
         size = max(self.stored_size, await self.size())
-        for objectno in range(self.layout.object_count(size) - 1, 0, -1):
-            await self._remove_piece(piece_name(self.name, objectno))
+        await self._remove_pieces([n for n in await self.existing_pieces(
+            1, self.layout.object_count(size)) if n > 0])
         await self._remove_piece(self.head)
 
 

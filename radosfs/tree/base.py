@@ -67,7 +67,9 @@ class Node:
         raise NotImplementedError
 
     def _attrs(self, mode: int, size: int = 0, mtime: float | None = None,
-               nlink: int = 1, owner: Ownership = NO_OVERRIDE) -> pyfuse3.EntryAttributes:
+               nlink: int = 1, owner: Ownership = NO_OVERRIDE,
+               times: tuple[int, int, int] | None = None) -> pyfuse3.EntryAttributes:
+        """`times` = (atime, mtime, ctime) in ns; without it all three are `mtime`."""
         opts = self.fs.options
         a = pyfuse3.EntryAttributes()
         a.st_ino = self.ino
@@ -78,8 +80,10 @@ class Node:
         a.st_size = size
         a.st_blksize = 1 << 22
         a.st_blocks = (size + 511) // 512
-        ns = int((mtime if mtime is not None else self.fs.mount_time) * 1e9)
-        a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = ns
+        if times is None:
+            ns = int((mtime if mtime is not None else self.fs.mount_time) * 1e9)
+            times = (ns, ns, ns)
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = times
         a.attr_timeout = a.entry_timeout = opts.attr_timeout
         return a
 
@@ -98,7 +102,8 @@ class Node:
         raise RadosFSError(errno.ENODATA, f"no xattr {key}")
 
     async def set_ownership(self, owner: Ownership) -> None:
-        raise RadosFSError(errno.EPERM, "mode and owner of directories and images come from "
+        self.check_writable()
+        raise RadosFSError(errno.EPERM, f"the mode and owner of {self.describe()} come from "
                                         "mount options (uid=, gid=, umask=)")
 
     @property
@@ -108,19 +113,30 @@ class Node:
     async def truncate(self, size: int) -> None:
         raise RadosFSError(errno.EISDIR, "is a directory")
 
-    async def touch(self, mtime: float) -> None:
-        """utimens. Directory times come from the mount: accepted and not stored."""
-        return None
+    async def touch(self, mtime: int | None, atime: int | None = None) -> None:
+        """utimens (times in ns, None = leave as is). Refused where nothing stores them:
+        never accepted and ignored."""
+        self.check_writable()
+        raise RadosFSError(errno.EPERM, f"the times of {self.describe()} are not stored")
+
+    async def readlink(self) -> bytes:
+        raise RadosFSError(errno.EINVAL, "not a symlink")
 
 
 class DirNode(Node):
     is_dir = True
 
     async def attributes(self) -> pyfuse3.EntryAttributes:
-        mode = self.fs.options.dir_mode()
+        return self.dir_attrs(NO_OVERRIDE, None)
+
+    def dir_attrs(self, record: Ownership, stored: float | None) -> pyfuse3.EntryAttributes:
+        """A directory's attributes from its record and its marker's RADOS mtime (None: no
+        marker: the mount time)."""
+        mode = self.fs.options.dir_mode() if record.mode is None else record.mode
         if not self.writable:
             mode &= ~0o222
-        return self._attrs(stat.S_IFDIR | mode, nlink=2)
+        return self._attrs(stat.S_IFDIR | mode, nlink=2, owner=record,
+                           times=record.shown(stored, self.fs.mount_time))
 
     async def lookup(self, name: str) -> Node:
         raise RadosFSError(errno.ENOENT, name)
@@ -149,8 +165,21 @@ class DirNode(Node):
         """Yield the listing in batches, so `ls` of a big pool starts answering at once."""
         raise NotImplementedError
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        """`owner`: the mode (and owner) asked for beyond the mount's defaults."""
         raise RadosFSError(errno.EPERM, "cannot make a directory here")
+
+    async def symlink(self, name: str, target: bytes, owner: Ownership = NO_OVERRIDE
+                      ) -> Node:
+        raise RadosFSError(errno.EPERM, "cannot make symlinks here")
+
+    async def mknod(self, name: str, mode: int) -> Node:
+        """Device nodes, FIFOs and sockets: nothing in RADOS could hold them."""
+        raise RadosFSError(errno.EPERM, "device nodes, FIFOs and sockets are not supported")
+
+    async def link(self, node: Node, name: str) -> Node:
+        raise RadosFSError(errno.EPERM, "hard links are not supported (RADOS objects have "
+                                        "one name each)")
 
     async def rmdir(self, name: str) -> None:
         raise RadosFSError(errno.EPERM, "cannot remove this directory")
@@ -229,11 +258,17 @@ class FileNode(Node):
         return self.file_attrs(size, mtime)
 
     def file_attrs(self, size: int, mtime: float) -> pyfuse3.EntryAttributes:
+        """From the size and the stored (RADOS) mtime; the record's exact times while they
+        hold (see store/ownership.py)."""
         self.kernel_size = size  # what the kernel now believes (see Operations.open)
-        mode = self.fs.options.file_mode() if self.owner.mode is None else self.owner.mode
+        owner = self.owner
+        times = owner.shown(mtime, self.fs.mount_time)
+        if owner.symlink:
+            return self._attrs(stat.S_IFLNK | 0o777, size, owner=owner, times=times)
+        mode = self.fs.options.file_mode() if owner.mode is None else owner.mode
         if not self.writable:
             mode &= ~0o222
-        return self._attrs(stat.S_IFREG | mode, size, mtime, owner=self.owner)
+        return self._attrs(stat.S_IFREG | mode, size, owner=owner, times=times)
 
     # ---- data ----------------------------------------------------------------------------
 
@@ -243,6 +278,8 @@ class FileNode(Node):
             self.check_writable()
         known, self.created = self.created, None
         f, keep = await self.cache.open(await self.backend(), known)
+        if not writable:
+            await self.accessed()
         if writable and truncate:
             # libfuse enables atomic O_TRUNC: the kernel sends no separate setattr.
             await self.cache.truncate(f, 0)
@@ -265,18 +302,23 @@ class FileNode(Node):
             await self.cache.release(f)
         self.mtime = time.time()
 
-    async def touch(self, mtime: float) -> None:
-        """utimens: dirty data first (its write would stamp "now"), then the stored time."""
+    async def touch(self, mtime: int | None, atime: int | None = None) -> None:
+        """utimens: dirty data first (its write would stamp "now"), then the stored times."""
         self.check_writable()
         f = self.cache.get(self.backend_key)
         if f is not None and f.dirty:
             await self.cache.flush(f)
-        await self.set_mtime(mtime)
+        await self.set_times(mtime, atime)
         if f is not None:
             f.version = await f.backend.version()
 
-    async def set_mtime(self, mtime: float) -> None:
-        raise RadosFSError(errno.EPERM, "this file's time cannot be set")
+    async def set_times(self, mtime: int | None, atime: int | None) -> None:
+        raise RadosFSError(errno.EPERM, "this file's times cannot be set")
+
+    async def accessed(self) -> None:
+        """Opened for reading: the atime moves as the mount's atime choice says (kinds
+        that store no atime: never)."""
+        return None
 
     async def remove(self) -> None:
         raise RadosFSError(errno.EPERM, "cannot remove this file")

@@ -7,10 +7,12 @@ from typing import Any, Callable
 
 import rbd
 
+from ..client.bridge import concurrently
 from ..errors import RadosFSError
 from ..store.image_backend import ImageBackend
 from ..store.keys import StoreKey
-from ..store.rbd_cls import image_attrs, image_metadata, image_metadata_get
+from ..store.ownership import ATTRS_XATTR, Ownership, check_time, now_ns
+from ..store.rbd_cls import image_attrs, image_metadata, image_metadata_get, image_record
 from .base import FileNode
 from .context import MountContext
 from .inodes import image_key
@@ -26,8 +28,10 @@ class ImageFile(FileNode):
       must be non-empty UTF-8 (EINVAL otherwise: the Python binding's metadata_list breaks
       on anything else), but whatever other tools stored reads back as stored. librbd uses
       keys named `conf_*` as per-image configuration overrides; they show here as well.
-    * utimens is accepted and ignored (as rbd-fuse does): clients cannot set librbd's
-      modify timestamp, and failing it would break `touch`.
+    * mode, owner and exact times (chmod, chown, utimens) are the record of
+      store/ownership.py in the image metadata key `radosfs.attrs` (not shown as an
+      xattr); its times hold while librbd's modify timestamp stays what it was when they
+      were stored (a write moves it, within rbd_mtime_update_interval).
     """
 
     def __init__(self, fs: MountContext, pool: str, name: str, image_id: str,
@@ -58,7 +62,18 @@ class ImageFile(FileNode):
             size, mtime = await (await self.backend()).stat()
         else:
             io = await self.fs.images.ioctx(self.pool)
-            size, mtime = await image_attrs(self.fs.bridge, io, self.image_id)
+            got: dict = {}
+
+            async def attrs() -> None:
+                got["attrs"] = await image_attrs(self.fs.bridge, io, self.image_id)
+
+            async def record() -> None:
+                self.owner = await image_record(self.fs.bridge, io, self.image_id)
+
+            async with concurrently() as n:
+                n.start_soon(attrs)
+                n.start_soon(record)
+            size, mtime = got["attrs"]
         return size, mtime if mtime is not None else self.fs.mount_time
 
     # ---- xattrs = image metadata -------------------------------------------------------
@@ -71,13 +86,18 @@ class ImageFile(FileNode):
 
     async def list_xattrs(self) -> list[str]:
         io = await self.fs.images.ioctx(self.pool)
-        return sorted(await image_metadata(self.fs.bridge, io, self.image_id))
+        return sorted(k for k in await image_metadata(self.fs.bridge, io, self.image_id)
+                      if k != ATTRS_XATTR)
 
     async def get_xattr(self, key: str) -> bytes:
+        if key == ATTRS_XATTR:
+            raise RadosFSError(errno.ENODATA, f"no xattr {key}")
         io = await self.fs.images.ioctx(self.pool)
         return await image_metadata_get(self.fs.bridge, io, self.image_id, key)
 
     async def set_xattr(self, key: str, value: bytes) -> None:
+        if key == ATTRS_XATTR:
+            raise RadosFSError(errno.EPERM, f"{key} is kept by radosfs itself")
         try:
             text = value.decode("utf-8")
         except UnicodeDecodeError:
@@ -89,11 +109,30 @@ class ImageFile(FileNode):
         await self._meta(lambda img: img.metadata_set(key, text))
 
     async def remove_xattr(self, key: str) -> None:
+        if key == ATTRS_XATTR:
+            raise RadosFSError(errno.ENODATA, f"no xattr {key}")
         await self._meta(lambda img: img.metadata_remove(key))
 
-    async def set_mtime(self, mtime: float) -> None:
-        """Accepted and ignored: librbd keeps the modify timestamp itself."""
-        return None
+    async def _store(self, make) -> None:
+        """A new record: `make(stored_mtime)` gives it (with the stamp = librbd's modify
+        timestamp now, which radosfs cannot set)."""
+        self.check_writable()
+        _, stored = await self.stored_attrs()
+        record = make(stored)
+        text = record.encode().decode() or "-"  # image metadata values cannot be empty
+        await self._meta(lambda img: img.metadata_set(ATTRS_XATTR, text))
+        self.owner, self.mtime = record, stored
+
+    async def set_ownership(self, owner: Ownership) -> None:
+        await self._store(lambda stored: owner.with_times(stored, int(stored),
+                                                          ctime=now_ns()))
+
+    async def set_times(self, mtime: int | None, atime: int | None) -> None:
+        for t in (mtime, atime):
+            if t is not None:
+                check_time(t)
+        await self._store(lambda stored: self.owner.with_times(
+            stored, int(stored), atime, mtime, now_ns()))
 
     async def remove(self) -> None:
         """Remove the image (drops cached data; closes our own open image first); see
@@ -103,3 +142,4 @@ class ImageFile(FileNode):
         await self.fs.cache.forget(self.backend_key)
         await self.fs.images.close_backend(self.backend_key)
         await self.fs.images.remove_image(self.pool, self.name)
+

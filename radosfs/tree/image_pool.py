@@ -15,7 +15,7 @@ import pyfuse3
 from ..client.bridge import concurrently
 from ..errors import RadosFSError
 from ..store.ownership import NO_OVERRIDE, Ownership
-from ..store.rbd_cls import image_attrs, image_id_of
+from ..store.rbd_cls import image_attrs, image_id_of, image_record
 from .base import DirNode, Entry, FileNode, Node
 from .context import MountContext
 from .inodes import IMAGE_POOL, NodeKey, image_key
@@ -73,6 +73,7 @@ class ImagePool(DirNode):
                         return  # removed (or still being created) meanwhile
                     raise
                 node = self.file_node(name, image_id)
+                node.owner = await image_record(bridge, io, image_id)
                 out[i] = (name, node, await node.attributes_from(size, mtime))
 
             async with concurrently() as n:
@@ -83,12 +84,14 @@ class ImagePool(DirNode):
                 yield batch
 
     async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> FileNode:
-        """A new 0-byte image. `owner` (a mode/uid/gid override asked for by the creator)
-        is ignored: images take mode and owner from the mount options."""
+        """A new 0-byte image; `owner` (a mode/uid/gid the creator asked for beyond the
+        mount's defaults) is stored in its metadata (see ImageFile)."""
         check_component(name)
         await self.fs.images.create_image(self.pool, name)
         node = await self.lookup(name)
         assert isinstance(node, FileNode)
+        if owner != NO_OVERRIDE:
+            await node.set_ownership(owner)
         return node
 
     async def unlink(self, name: str) -> None:
@@ -101,7 +104,7 @@ class ImagePool(DirNode):
         await self.lookup(name)
         raise RadosFSError(errno.ENOTDIR, f"{self.pool}/{name} is an image, not a directory")
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         raise RadosFSError(errno.EPERM, "image pools are flat: no directories")
 
     async def rename(self, old: str, new_parent: DirNode, new: str, flags: int) -> None:

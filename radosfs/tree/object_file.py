@@ -1,5 +1,6 @@
-"""A RADOS object (or a striped set of them) as a regular file: attributes, xattrs,
-mode/owner overrides, mtime, removal and rename (copy, then remove)."""
+"""A RADOS object (or a striped set of them) as a regular file or a symlink: attributes,
+xattrs, the metadata record (mode, owner, exact times), removal and rename (copy, then
+remove). A symlink is an object whose data is its target, marked by `radosfs.symlink`."""
 from __future__ import annotations
 
 import errno
@@ -14,8 +15,9 @@ from ..cache import CachedFile
 from ..store.copy import copy_metadata
 from ..store.keys import StoreKey
 from ..store.object_backend import ObjectBackend
-from ..store.ownership import ATTRS_XATTR, Ownership, mark_pool, read_ownership
-from ..store.rados_ops import MAX_IO, operate, stat_object
+from ..store.ownership import (RADOSFS_XATTRS, Ownership, check_time, mark_pool, now_ns,
+                               read_ownership, stamp_for, store_record)
+from ..store.rados_ops import MAX_IO, operate, read_object, stat_object
 from ..store.striper import INTERNAL_XATTRS, StripedData
 from .base import FRESH_SECONDS, FileNode
 from .context import MountContext
@@ -119,7 +121,7 @@ class ObjectFile(FileNode):
         return backend.ioctx, backend.head_oid
 
     async def get_xattr(self, key: str) -> bytes:
-        if key == ATTRS_XATTR or self.striped and key in INTERNAL_XATTRS:
+        if key in RADOSFS_XATTRS or self.striped and key in INTERNAL_XATTRS:
             raise RadosFSError(errno.ENODATA, f"no xattr {key}")
         io, oid = await self._head()
         try:
@@ -133,7 +135,7 @@ class ObjectFile(FileNode):
         io, oid = await self._head()
         names = (await _object_xattrs(self.fs, io, oid)).keys()
         hidden = INTERNAL_XATTRS if self.striped else ()
-        return sorted(n for n in names if n not in hidden and n != ATTRS_XATTR)
+        return sorted(n for n in names if n not in hidden and n not in RADOSFS_XATTRS)
 
     async def _meta_op(self, build) -> None:
         """Change xattrs without touching the mtime (RADOS would stamp "now"; in POSIX
@@ -143,7 +145,7 @@ class ObjectFile(FileNode):
         await self.fs.bridge.run(operate, io, oid, build, mtime)
 
     async def set_xattr(self, key: str, value: bytes) -> None:
-        if key == ATTRS_XATTR or self.striped and key in INTERNAL_XATTRS:
+        if key in RADOSFS_XATTRS or self.striped and key in INTERNAL_XATTRS:
             raise RadosFSError(errno.EPERM, f"{key} is kept by radosfs itself")
         await self._meta_op(lambda op: op.set_xattr(key, value))
 
@@ -152,21 +154,59 @@ class ObjectFile(FileNode):
             raise RadosFSError(errno.ENODATA, f"no xattr {key}")
         await self._meta_op(lambda op: op.rm_xattr(key))
 
-    async def set_ownership(self, owner: Ownership) -> None:
-        """chmod/chown: store the override on the object (see ownership.py)."""
-        io, _ = await self._head()
-        await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
-        await self._meta_op(lambda op: op.set_xattr(ATTRS_XATTR, owner.encode()))
-        self.owner = owner
-
-    async def set_mtime(self, mtime: float) -> None:
-        if self._orphan is not None:  # futimens on an unlinked file: nothing stored
-            self.mtime = float(int(mtime))
-            return
+    async def _store(self, make) -> None:
+        """Store a new record: `make(stored_mtime)` gives (record, RADOS mtime to keep)."""
         io, oid = await self._head()
-        # A write op that changes no data but carries the mtime we want stored.
-        await self.fs.bridge.run(operate, io, oid, lambda op: op.write(b"", 0), mtime)
-        self.mtime = float(int(mtime))
+        await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        _, stored = await stat_object(self.fs.bridge, io, oid)
+        record, stamp = make(stored)
+        await self.fs.bridge.run(store_record, io, oid, record, stamp)
+        self.owner, self.mtime = record, float(stamp)
+
+    async def set_ownership(self, owner: Ownership) -> None:
+        """chmod/chown: store the override on the object (see ownership.py); the mtime
+        stays, ctime is now."""
+        if self._orphan is not None:
+            self.owner = owner
+            return
+        await self._store(lambda stored: (
+            owner.with_times(stored, int(stored), ctime=now_ns()), int(stored)))
+
+    async def set_times(self, mtime: int | None, atime: int | None) -> None:
+        """utimens: the exact times go into the record, the RADOS mtime becomes the
+        nearest whole second RADOS can hold (see ownership.stamp_for)."""
+        for t in (mtime, atime):
+            if t is not None:
+                check_time(t)
+        if self._orphan is not None:  # futimens on an unlinked file: nothing stored
+            self.owner = self.owner.with_times(self.mtime, int(self.mtime or 0), atime,
+                                               mtime, now_ns())
+            return
+
+        def make(stored: float) -> tuple[Ownership, int]:
+            stamp = stamp_for(mtime) if mtime is not None else int(stored)
+            return self.owner.with_times(stored, stamp, atime, mtime, now_ns()), stamp
+        await self._store(make)
+
+    async def accessed(self) -> None:
+        """relatime: the atime becomes now when it is not after mtime and ctime, or a
+        day old; strictatime: at every open for reading; noatime: never. Stored in the
+        record (a write to RADOS); ctime does not move."""
+        choice = self.fs.options.atime
+        if choice == "noatime" or self.read_only or self.fs.options.ro or self.orphaned:
+            return
+        now = now_ns()
+        a, m, c = self.owner.shown(self.mtime, self.fs.mount_time)
+        if choice == "relatime" and a > max(m, c) and now - a < 86400 * 10 ** 9:
+            return
+        await self._store(lambda stored: (
+            self.owner.with_times(stored, int(stored), atime=now), int(stored)))
+
+    async def readlink(self) -> bytes:
+        if not self.owner.symlink:
+            raise RadosFSError(errno.EINVAL, f"{self.describe()} is not a symlink")
+        io, oid = await self._head()
+        return await read_object(self.fs.bridge, io, oid, 0, 1 << 16)
 
     async def remove(self) -> None:
         """unlink, or the file a rename replaces: the stored object (or set) goes.

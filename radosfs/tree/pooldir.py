@@ -4,6 +4,11 @@ An object pool has no directories of its own: `/` in object names shows as
 subdirectories. An empty directory made with `mkdir` is kept as a zero-length marker object
 whose name ends in `/` (the convention S3 tools use); markers never show as files. Which
 directories exist is learnt from the pool listing (`PoolIndex`, trusted briefly).
+
+A directory's own metadata (mode, owner, exact times) is the record on its marker object
+(store/ownership.py; the pool directory's is on the flag object `.radosfs-attrs`). Creating,
+removing or renaming an entry through the mount moves a directory's mtime and ctime by
+stamping its marker's RADOS mtime (when it has a marker). Symlinks are objects too.
 """
 from __future__ import annotations
 
@@ -16,12 +21,13 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError, errno_of
-from ..store.rados_ops import create_object, stat_object, struct_to_epoch
+from ..store.rados_ops import create_object, operate, stat_object, struct_to_epoch
 from ..store.keys import StoreKey
-from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, mark_pool,
-                               owner_xattrs, read_many, read_ownership)
+from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
+                               now_ns, owner_xattrs, read_many, read_ownership, stamp_for,
+                               store_record)
 from ..store.striper import StripedData, piece_name, read_head, split_piece
-from .base import DirNode, FileNode, Node
+from .base import FRESH_SECONDS, DirNode, FileNode, Node
 from .context import MountContext
 from .inodes import POOL, NodeKey
 from .names import (NOT_UTF8, SNAPDIR, Skipped, check_component, check_object_name,
@@ -31,6 +37,8 @@ from .pool_state import BTIME_XATTR, INDEX_MIN_TTL, PoolIndex, PoolView, btime, 
 log = logging.getLogger(__name__)
 
 LIST_CHUNK = 1000          # objects pulled from the pool listing per thread hop
+SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
+POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
 class PoolDir(DirNode):
@@ -47,18 +55,133 @@ class PoolDir(DirNode):
         self.read_only = view is not None
         if view is not None and not prefix:
             self.virtual_xattrs = {BTIME_XATTR: btime(view.stamp)}
+        #: the directory's record and its marker's RADOS mtime (None: no marker), as last
+        #: read, and when (see `remember_dir`)
+        self.record: Ownership = NO_OVERRIDE
+        self.stored: float | None = None
+        self._fresh_at = -1e9
 
     async def ioctx(self) -> rados.Ioctx:
         if self.view is not None:
             return await self.fs.conn.snap_ioctx(self.pool, self.snap, self.view.snap_id)
         return await self.fs.conn.ioctx(self.pool)
 
+    # ---- the directory's own metadata -------------------------------------------------
+
+    @property
+    def marker_oid(self) -> str:
+        """The object carrying the directory's record: its marker (the pool's flag)."""
+        return self.prefix or FLAG_OBJECT
+
+    @property
+    def owner(self) -> Ownership:
+        return self.record
+
+    def remember_dir(self, stored: float | None, record: Ownership) -> None:
+        """What a lookup just read of the marker (None: there is none)."""
+        self.stored, self.record, self._fresh_at = stored, record, time.monotonic()
+        if stored is not None and self.prefix and self.view is None:
+            self.fs.pool_index(self.pool).markers.add(self.prefix)
+
+    async def _read_dir(self) -> None:
+        io = await self.ioctx()
+        bridge = self.fs.bridge
+        got: dict[str, object] = {"stored": None, "record": NO_OVERRIDE}
+
+        async def stat() -> None:
+            try:
+                got["stored"] = (await stat_object(bridge, io, self.marker_oid))[1]
+            except RadosFSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+
+        async def record() -> None:
+            got["record"] = await bridge.run(read_ownership, io, self.marker_oid)
+
+        if await self.fs.has_overrides(self.pool, io):
+            async with concurrently() as n:
+                n.start_soon(stat)
+                n.start_soon(record)
+        elif self.prefix:
+            await stat()
+        self.remember_dir(got["stored"], got["record"])  # type: ignore[arg-type]
+
     async def attributes(self):
-        a = await super().attributes()
         if self.view is not None and not self.prefix:
+            a = await super().attributes()
             a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(
                 self.view.stamp.timestamp() * 1e9)
-        return a
+            return a
+        if time.monotonic() - self._fresh_at >= FRESH_SECONDS:
+            if self.prefix:
+                await self._read_dir()
+            else:
+                # Looked up in the mount root, whose lookups the kernel serializes: a pool
+                # that does not answer must not stall every other pool's lookup.
+                with trio.move_on_after(POOL_META_WAIT) as scope:
+                    await self._read_dir()
+                if scope.cancelled_caught:
+                    log.warning("pool %s: its directory's record did not arrive within "
+                                "%.0f s; showing what was last read", self.pool,
+                                POOL_META_WAIT)
+        self._fresh_at = -1e9
+        stored = self.stored
+        if not self.prefix and not self.record.valid_times(stored):
+            stored = None  # the flag object's own mtime is not the pool directory's
+        return self.dir_attrs(self.record, stored)
+
+    async def _store_dir(self, make) -> None:
+        """Store a new record on the marker (made if missing): `make(stored)` gives (the
+        record, the RADOS mtime to leave)."""
+        self.check_writable()
+        io = await self.ioctx()
+        await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        await self._read_dir()
+        record, stamp = make(self.stored)
+        await self.fs.bridge.run(store_record, io, self.marker_oid, record, stamp)
+        self.remember_dir(float(stamp), record)
+        if self.prefix:
+            self.fs.pool_index(self.pool).add_path(self.prefix)
+
+    async def set_ownership(self, owner: Ownership) -> None:
+        """chmod/chown of the directory: stored on its marker; mtime stays, ctime = now."""
+        def make(stored: float | None) -> tuple[Ownership, int]:
+            stamp = int(stored) if stored is not None else int(time.time())
+            return owner.with_times(stored, stamp, ctime=now_ns()), stamp
+        await self._store_dir(make)
+
+    async def touch(self, mtime: int | None, atime: int | None = None) -> None:
+        """utimens of the directory: the exact times in its record (see ObjectFile)."""
+        for t in (mtime, atime):
+            if t is not None:
+                check_time(t)
+
+        def make(stored: float | None) -> tuple[Ownership, int]:
+            stamp = stamp_for(mtime) if mtime is not None else (
+                int(stored) if stored is not None else int(time.time()))
+            return self.record.with_times(stored, stamp, atime, mtime, now_ns()), stamp
+        await self._store_dir(make)
+
+    async def _changed(self, keep: bool = False) -> None:
+        """An entry was created, removed or renamed here: mtime and ctime become now, by
+        stamping the marker's RADOS mtime (the record's times then no longer hold; its mode
+        and owner stay). The pool directory's times do not move (its record lives on the
+        pool's flag object, which every create would then have to write).
+
+        `keep`: a file was removed, so a directory that existed only through its objects'
+        names gets its marker now (`rm dir/*; rmdir dir` and `rm -r` rely on it staying)."""
+        self._fresh_at = -1e9
+        idx = self.fs.pool_index(self.pool)
+        if not self.prefix or not (keep or self.prefix in idx.markers):
+            return
+        io = await self.ioctx()
+        await self.fs.bridge.run(operate, io, self.prefix, lambda op: op.write(b"", 0))
+        idx.markers.add(self.prefix)
+        idx.add_path(self.prefix)
+
+    async def _dir_changed(self, node: Node) -> None:
+        if isinstance(node, PoolDir):
+            await node._changed()
 
     def child_key(self, name: str) -> str:
         return self.prefix + name
@@ -116,12 +239,16 @@ class PoolDir(DirNode):
         io = await self.ioctx()
         bridge = self.fs.bridge
         results: dict[str, tuple[int, float] | None] = {}
-        owner = [NO_OVERRIDE]
+        owner = [NO_OVERRIDE, NO_OVERRIDE]   # the object's record, the marker's
 
         async def owner_probe() -> None:
             # In parallel with the stats: one round trip for a lookup, not two.
             if await self.fs.has_overrides(self.pool, io):
-                owner[0] = await bridge.run(read_ownership, io, oid)
+                async def one(i: int, o: str) -> None:
+                    owner[i] = await bridge.run(read_ownership, io, o)
+                async with concurrently() as n2:
+                    n2.start_soon(one, 0, oid)
+                    n2.start_soon(one, 1, oid + "/")
 
         async def probe(o: str) -> None:
             try:
@@ -153,10 +280,14 @@ class PoolDir(DirNode):
         if cached is not None and cached.dirty:
             return self.file_node(oid)
         if results[oid + "/"] is not None:
-            return self.dir_node(oid + "/")
+            node = self.dir_node(oid + "/")
+            node.remember_dir(results[oid + "/"][1], owner[1])  # type: ignore[attr-defined]
+            return node
         idx = await self.index()
         if oid + "/" in idx.dirs:
-            return self.dir_node(oid + "/")
+            node = self.dir_node(oid + "/")
+            node.remember_dir(None, NO_OVERRIDE)  # type: ignore[attr-defined]
+            return node
         raise RadosFSError(errno.ENOENT, f"{self.pool}/{oid}")
 
     async def entries(self):
@@ -345,15 +476,44 @@ class PoolDir(DirNode):
                 n.start_soon(striped, i, name)
         return [x for x in out if x is not None]
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        """A marker object `name/`, carrying the record if `owner` asks for a mode or owner
+        other than the mount's defaults (mkdir -m 700, mktemp -d, tar, rsync)."""
         self._not_reserved(name)
         node = await self._absent(name)
         marker = node + "/"
         io = await self.ioctx()
-        await create_object(self.fs.bridge, io, marker)
+        owner = owner.owner_only
+        if owner != NO_OVERRIDE:
+            await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        mtime = await create_object(self.fs.bridge, io, marker, owner_xattrs(owner))
         self.fs.pool_index(self.pool).add_path(marker)
         self.fs.pool_index(self.pool).markers.add(marker)
-        return self.dir_node(marker)
+        await self._changed()
+        child = self.dir_node(marker)
+        child.remember_dir(float(mtime), owner)  # type: ignore[attr-defined]
+        return child
+
+    async def symlink(self, name: str, target: bytes, owner: Ownership = NO_OVERRIDE
+                      ) -> Node:
+        """An object holding the target as its data, marked by `radosfs.symlink`."""
+        check_component(name)
+        self._not_reserved(name)
+        if not target:
+            raise RadosFSError(errno.ENOENT, "a symlink needs a target")
+        if len(target) >= SYMLINK_MAX:
+            raise RadosFSError(errno.ENAMETOOLONG, "symlink target too long")
+        oid = await self._absent(name)
+        check_object_name(oid)
+        io = await self.ioctx()
+        await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        record = Ownership(None, owner.uid, owner.gid, symlink=True)
+        mtime = await create_object(self.fs.bridge, io, oid, owner_xattrs(record), target)
+        node = self.file_node(oid)
+        node.remember(len(target), float(mtime), owner=record, fresh=True)
+        self.fs.pool_index(self.pool).add_path(oid)
+        await self._changed()
+        return node
 
     def _not_reserved(self, name: str) -> None:
         if not self.prefix and name in (SNAPDIR, FLAG_OBJECT):
@@ -403,7 +563,7 @@ class PoolDir(DirNode):
                 raise
         self.fs.pool_index(self.pool).dirs.discard(prefix)
         self.fs.pool_index(self.pool).markers.discard(prefix)
-        await self._keep_directory()
+        await self._changed(keep=True)
         self.fs.table.drop(self.dir_key(prefix))
 
     async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> FileNode:
@@ -426,6 +586,7 @@ class PoolDir(DirNode):
             node.created = (0, (float(mtime), 0, False))
             node.remember(0, float(mtime), owner=owner)
         self.fs.pool_index(self.pool).add_path(oid)
+        await self._changed()
         return node
 
     async def unlink(self, name: str) -> None:
@@ -436,7 +597,7 @@ class PoolDir(DirNode):
             raise RadosFSError(errno.EISDIR, f"{self.pool}/{oid} is a directory")
         await node.remove()
         self.fs.table.drop(node.key)
-        await self._keep_directory()
+        await self._changed(keep=True)
 
     async def rename(self, old: str, new_parent: DirNode, new: str, flags: int) -> None:
         """A file moves within its pool (copy, then remove: see ObjectFile.rename_to); the
@@ -453,19 +614,6 @@ class PoolDir(DirNode):
         self.fs.pool_index(self.pool).add_path(new_oid)
         self.fs.table.drop(dst.key)
         self.fs.table.rekey(node, dst.key)
-
-    async def _keep_directory(self) -> None:
-        """Removing a file must not make its directory vanish (`rm dir/*; rmdir dir` and
-        `rm -r` rely on that): a directory that existed only through its objects' names
-        gets a marker object the first time a file in it is removed."""
-        idx = self.fs.pool_index(self.pool)
-        if not self.prefix or self.prefix in idx.markers:
-            return
-        io = await self.ioctx()
-        try:
-            await create_object(self.fs.bridge, io, self.prefix)
-        except RadosFSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-        idx.markers.add(self.prefix)
-        idx.add_path(self.prefix)
+        await self._changed(keep=True)
+        if new_parent is not self:
+            await self._dir_changed(new_parent)

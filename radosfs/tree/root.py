@@ -30,7 +30,8 @@ class RootNode(DirNode):
         if name == STATS_NAME:
             return self.kinds.stats_file()
         if not await self.fs.conn.pool_exists(name):
-            await self.fs.conn.latest_osdmap()  # made by another client just now?
+            # Made by another client just now? Without the monitors we cannot tell: EIO.
+            await self.fs.conn.latest_osdmap(required=True)
             if not await self.fs.conn.pool_exists(name):
                 raise RadosFSError(errno.ENOENT, f"no pool {name}")
         if not await self.fs.pool_shown(name):
@@ -58,7 +59,8 @@ class RootNode(DirNode):
             raise RadosFSError(errno.EIO, f"flush: {len(failed)} file(s) could not be "
                                           f"written back")
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        """A new pool; a mode or owner asked for is stored as the pool directory's."""
         check_component(name)
         if self.fs.options.pools and name not in self.fs.options.pools:
             raise RadosFSError(errno.EPERM, f"pool {name} is not in pools= of this mount")
@@ -66,7 +68,10 @@ class RootNode(DirNode):
             raise RadosFSError(errno.EEXIST, f"pool {name} exists")
         await self.fs.conn.create_pool(name)
         log.info("created pool %s", name)
-        return await self.lookup(name)
+        node = await self.lookup(name)
+        if owner.owner_only != NO_OVERRIDE:
+            await node.set_ownership(owner.owner_only)
+        return node
 
     async def rmdir(self, name: str) -> None:
         if not await self.fs.conn.pool_exists(name) or not await self.fs.pool_shown(name):

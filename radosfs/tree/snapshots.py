@@ -99,7 +99,8 @@ class PoolSnapRoot(SnapRoot):
             batch.append((snap.name, node, await node.attributes()))
         yield batch
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        """A snapshot (`owner` does not apply: snapshots are read-only)."""
         check_snap_name(name)
         io = await self.fs.conn.ioctx(self.pool)
         if any(s.name == name for s in await self._snaps()):
@@ -158,7 +159,8 @@ class ImageSnapRoot(SnapRoot):
             batch.append((name, node, await node.attributes()))
         yield batch
 
-    async def mkdir(self, name: str) -> Node:
+    async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
+        """A snapshot (`owner` does not apply: snapshots are read-only)."""
         check_snap_name(name)
         if name in await self.snapshots():
             raise RadosFSError(errno.EEXIST, f"snapshot {name} exists in pool {self.pool}")
