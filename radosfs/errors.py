@@ -24,9 +24,10 @@ _PASS_THROUGH = {
 class RadosFSError(Exception):
     """An error that already knows its errno (raised by our own code)."""
 
-    def __init__(self, err: int, message: str = "") -> None:
+    def __init__(self, err: int, message: str = "", logged: bool = False) -> None:
         super().__init__(message or errno.errorcode.get(err, str(err)))
         self.errno = err
+        self.logged = logged  # its cause is in the log already: `to_errno` says no more
 
 
 def errno_of(exc: BaseException) -> int | None:
@@ -45,6 +46,9 @@ def to_errno(exc: BaseException, what: str) -> int:
     `what` names the operation and path, e.g. "write data/foo".
     """
     err = errno_of(exc)
+    if getattr(exc, "logged", False) and err:
+        log.debug("%s: %s", what, exc)
+        return errno.EIO if err in (errno.ETIMEDOUT, errno.ESHUTDOWN, errno.ENOTCONN) else err
     if err == errno.ETIMEDOUT:
         log.error("%s: cluster did not answer in time (%s)", what, exc)
         return errno.EIO
@@ -61,3 +65,11 @@ def to_errno(exc: BaseException, what: str) -> int:
         return errno.EIO
     log.error("%s: unexpected failure: %r", what, exc, exc_info=err is None)
     return errno.EIO
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could start a line or fake one escaped
+    (a newline in a file or xattr name must not write a log line of its own)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)

@@ -18,7 +18,7 @@ import trio
 from pyfuse3 import FUSEError
 
 from .cache import CachedFile, ReadState
-from .errors import RadosFSError, errno_of, to_errno
+from .errors import RadosFSError, errno_of, printable, to_errno
 from .store.ownership import Ownership
 from .tree.base import DirNode, FileNode, Node
 from .tree.context import MountContext
@@ -100,7 +100,10 @@ class Operations(pyfuse3.Operations):
         parts = []
         for i, a in enumerate(args[:4]):
             if isinstance(a, bytes):
-                parts.append(a.decode("utf-8", "replace")[:200])
+                if what == "write" or (what == "setxattr" and i == 2):
+                    continue  # what users wrote never goes to the log
+                # a name: escaped, so raw bytes never reach a log line
+                parts.append(printable(a[:200].decode("utf-8", "backslashreplace")))
             elif isinstance(a, int) and not isinstance(a, bool):
                 if i == 0 and what in FH_HANDLERS:  # a file handle, not an inode
                     h = self.handles.get(a) or self.dirs.get(a)

@@ -881,14 +881,18 @@ def test_back_pressure_does_not_keep_retrying_another_files_failing_write_back()
     limit = 2 * MiB
     p_be = MemBackend(key="p", write_unit=4 * MiB, write_delay=0.05)
     q_be = MemBackend(key="q", write_unit=4 * MiB, write_delay=0.05)
-    p_data, q_data = pattern(3 * MiB, 46), pattern(8 * MiB, 47)
+    p_data, q_data = pattern(MiB + 5, 46), pattern(8 * MiB, 47)
 
     async def body(cache, nursery):
         fp, _ = await cache.open(p_be)
         fq, _ = await cache.open(q_be)
         p_be.fail_write = errno.EDQUOT
+        await cache.write(fp, 0, p_data)             # stored: p's writer is told later
         with pytest.raises(RadosFSError):
-            await cache.write(fp, 0, p_data)         # over the limit: p's writer is told
+            await cache.flush(fp)
+        with pytest.raises(RadosFSError):
+            await cache.write(fp, len(p_data), b"x")  # its write-back failed: refused
+        assert fp.size == len(p_data)                 # ... and it stored nothing
         with trio.fail_after(60):
             for off in range(0, len(q_data), 256 * KiB):
                 await cache.write(fq, off, q_data[off:off + 256 * KiB])
@@ -903,6 +907,78 @@ def test_back_pressure_does_not_keep_retrying_another_files_failing_write_back()
         assert bytes(p_be.data) == p_data
 
     run_cache(body, budget=16 * MiB, dirty_limit=limit)
+
+
+def test_a_refused_write_leaves_no_trace():
+    # The quota case: once a file's write-back fails, its writes get the errno and store
+    # nothing; once the cluster takes data again, only what was accepted lands.
+    be = MemBackend(key="nt", write_unit=MiB, write_delay=0.01)
+    good = pattern(2 * MiB, 60)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        await cache.write(f, 0, good)
+        be.fail_write = errno.EDQUOT
+        await cache.write(f, 2 * MiB, pattern(MiB, 61))  # accepted: goes out, fails
+        await trio.sleep(1)
+        refused = 0
+        for i in range(20):
+            try:
+                await cache.write(f, 3 * MiB + i * MiB, pattern(MiB, 62 + i))
+            except RadosFSError as exc:
+                assert exc.errno == errno.EDQUOT
+                refused += 1
+            await trio.sleep(0.3)
+        assert refused == 20
+        assert f.size == 3 * MiB
+        writes = len([c for c in be.calls if c[0] == "write"])
+        assert writes <= 3 * 8, writes  # 3 runs retried about once a second, not per write
+        be.fail_write = None
+        await trio.sleep(1.5)
+        await cache.flush(f)       # (the refused writes reported the failure)
+        assert len(be.data) == 3 * MiB
+        assert bytes(be.data[:2 * MiB]) == good
+        await cache.write(f, 3 * MiB, b"after")  # accepted again
+        await cache.flush(f)
+        assert bytes(be.data[3 * MiB:]) == b"after"
+
+    run_cache(body, dirty_limit=64 * MiB)
+
+
+def test_data_that_cannot_be_written_has_a_memory_cap(caplog):
+    # Many files, each written and closed while the pool is over quota: their data stays
+    # dirty (the closes got the error), but only up to the dirty limit; past it writers
+    # get the errno instead of the cache growing. One log line per file, not per run.
+    limit = 8 * MiB
+    backends = [MemBackend(key=f"cap{i}", write_unit=4 * MiB, write_delay=0.01)
+                for i in range(40)]
+
+    async def body(cache, nursery):
+        refused = 0
+        peak = 0
+        for i, be in enumerate(backends):
+            be.fail_write = errno.EDQUOT
+            f, _ = await cache.open(be)
+            try:
+                for off in range(0, 2 * MiB, 128 * KiB):
+                    await cache.write(f, off, pattern(128 * KiB, i))
+                    peak = max(peak, cache.dirty_bytes)
+            except RadosFSError as exc:
+                assert exc.errno == errno.EDQUOT
+                refused += 1
+            try:
+                await cache.flush(f)
+            except RadosFSError as exc:
+                assert exc.errno == errno.EDQUOT
+            peak = max(peak, cache.dirty_bytes)
+        assert peak <= limit + 2 * MiB, peak
+        assert refused >= 30
+        errors = [r for r in caplog.records if r.levelname == "ERROR"]
+        assert len(errors) <= len(backends), len(errors)
+
+    import logging
+    caplog.set_level(logging.DEBUG)
+    run_cache(body, budget=64 * MiB, dirty_limit=limit)
 
 
 # ---- read-ahead --------------------------------------------------------------------------

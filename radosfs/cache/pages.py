@@ -47,6 +47,10 @@ class CachedFile:
         self.idle.set()
         self.opens = 0
         self.error: int | None = None    # first write-back failure not yet reported
+        # The errno of the last write-back of this file if it failed (cleared when one
+        # succeeds): new writes are refused with it, and the log says it once.
+        self.failed: int | None = None
+        self.retried_at = float("-inf")  # trio clock: the last retry a refused write kicked
         self.version: Hashable = None
         # Counts truncations (at their start and end): a read-in that overlaps one may
         # hold bytes from before it, which must not reappear past the cut.

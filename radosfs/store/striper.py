@@ -15,6 +15,7 @@ striped file through the mount and with `rados --striper` at the same time.
 from __future__ import annotations
 
 import errno
+import logging
 import re
 from dataclasses import dataclass
 
@@ -26,6 +27,8 @@ from ..errors import RadosFSError, errno_of
 from .copy import read_omap, write_meta
 from .rados_ops import list_names, operate, read_object, stat_object, write_object
 
+log = logging.getLogger(__name__)
+
 STRIPE_THRESHOLD = 64 << 20
 # Truncate/remove: up to this many candidate pieces are tried one by one; past it, the
 # pool listing is used when the pool has fewer than LIST_ADVANTAGE objects per candidate.
@@ -36,6 +39,9 @@ XATTR_SU = "striper.layout.stripe_unit"
 XATTR_SC = "striper.layout.stripe_count"
 XATTR_OS = "striper.layout.object_size"
 XATTR_SIZE = "striper.size"
+# The largest file radosfs makes or shows (64 PiB): far below what st_size (2^63-1) and
+# the piece names hold; writes and truncates past it get EFBIG.
+MAX_FILE_SIZE = 1 << 56
 INTERNAL_XATTRS = (XATTR_SU, XATTR_SC, XATTR_OS, XATTR_SIZE, "lock.striper.lock")
 
 
@@ -110,15 +116,25 @@ class Layout:
                 XATTR_OS: str(self.object_size).encode()}
 
 
-def parse_layout(xattrs: dict[str, bytes]) -> tuple[Layout, int] | None:
-    """(layout, size) from piece 0's xattrs, or None if it is not a striper head."""
+def parse_layout(xattrs: dict[str, bytes], name: str = "?") -> tuple[Layout, int] | None:
+    """(layout, size) from piece 0's xattrs, or None if it is not a striper head.
+
+    Another client may have put anything there: a size past MAX_FILE_SIZE (or negative)
+    is clamped, with a log line, so that the file still lists, reads and can be removed.
+    """
     try:
         layout = Layout(int(xattrs[XATTR_SU]), int(xattrs[XATTR_SC]), int(xattrs[XATTR_OS]))
-        return layout, int(xattrs[XATTR_SIZE])
+        size = int(xattrs[XATTR_SIZE])
     except (KeyError, ValueError):
         return None
     except RadosFSError:
         return None
+    if not 0 <= size <= MAX_FILE_SIZE:
+        log.warning("striped file %s: %s %s is out of range; shown as %d bytes",
+                    ascii(name), XATTR_SIZE, ascii(xattrs[XATTR_SIZE][:40]),
+                    max(0, min(size, MAX_FILE_SIZE)))
+        size = max(0, min(size, MAX_FILE_SIZE))
+    return layout, size
 
 
 async def read_head(bridge: Bridge, io: rados.Ioctx, name: str) -> tuple[Layout, int] | None:
@@ -129,7 +145,7 @@ async def read_head(bridge: Bridge, io: rados.Ioctx, name: str) -> tuple[Layout,
         except rados.ObjectNotFound:
             return None
     xattrs = await bridge.run(get)
-    return parse_layout(xattrs) if xattrs is not None else None
+    return parse_layout(xattrs, name) if xattrs is not None else None
 
 
 class StripedData:

@@ -20,6 +20,7 @@ from ..cache.backend import Backend
 from ..errors import RadosFSError
 from ..store.keys import StoreKey
 from ..store.ownership import NO_OVERRIDE, Ownership
+from ..store.striper import MAX_FILE_SIZE
 from .context import MountContext
 from .inodes import NodeKey
 
@@ -52,8 +53,15 @@ class Node:
     def describe(self) -> str:
         return self.key.describe()
 
+    @property
+    def writable(self) -> bool:
+        """Neither a ro mount, nor a read-only node, nor in a pool of another application
+        (foreign_pools=ro, the default: see docs/options.md)."""
+        return not (self.fs.options.ro or self.read_only
+                    or self.fs.foreign_read_only(getattr(self, "pool", None)))
+
     def check_writable(self) -> None:
-        if self.fs.options.ro or self.read_only:
+        if not self.writable:
             raise RadosFSError(errno.EROFS, "read-only")
 
     async def attributes(self) -> pyfuse3.EntryAttributes:
@@ -70,7 +78,7 @@ class Node:
         a.st_nlink = nlink
         a.st_uid = opts.uid if owner.uid is None else owner.uid
         a.st_gid = opts.gid if owner.gid is None else owner.gid
-        a.st_size = size
+        a.st_size = min(size, (1 << 63) - 1)
         a.st_blksize = 1 << 22
         a.st_blocks = (size + 511) // 512
         if times is None:
@@ -126,7 +134,7 @@ class DirNode(Node):
         """A directory's attributes from its record and its marker's RADOS mtime (None: no
         marker: the mount time)."""
         mode = self.fs.options.dir_mode() if record.mode is None else record.mode
-        if self.read_only or self.fs.options.ro:
+        if not self.writable:
             mode &= ~0o222
         return self._attrs(stat.S_IFDIR | mode, nlink=2, owner=record,
                            times=record.shown(stored, self.fs.mount_time))
@@ -259,7 +267,7 @@ class FileNode(Node):
         if owner.symlink:
             return self._attrs(stat.S_IFLNK | 0o777, size, owner=owner, times=times)
         mode = self.fs.options.file_mode() if owner.mode is None else owner.mode
-        if self.read_only or self.fs.options.ro:
+        if not self.writable:
             mode &= ~0o222
         return self._attrs(stat.S_IFREG | mode, size, owner=owner, times=times)
 
@@ -282,12 +290,19 @@ class FileNode(Node):
 
     async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
         self.check_writable()
+        self._check_size(offset + len(data))
         n = await self.cache.write(f, offset, data)
         self.mtime = time.time()
         return n
 
+    @staticmethod
+    def _check_size(size: int) -> None:
+        if size > MAX_FILE_SIZE:
+            raise RadosFSError(errno.EFBIG, f"past the largest file size ({MAX_FILE_SIZE})")
+
     async def truncate(self, size: int) -> None:
         self.check_writable()
+        self._check_size(size)
         f, _ = await self.cache.open(await self.backend())
         try:
             await self.cache.truncate(f, size)
