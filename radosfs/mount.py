@@ -99,6 +99,21 @@ def _clear_dead_mount(path: str) -> None:
                          f"clear it with: fusermount3 -u {path}")
 
 
+def keyring_warning(keyring: str | None) -> str | None:
+    """A warning when the keyring file can be read by users other than its owner."""
+    if keyring is None:
+        return None
+    try:
+        mode = os.stat(keyring).st_mode
+    except OSError:
+        return None
+    if mode & 0o044:
+        return (f"keyring {keyring} is readable by {'others' if mode & 0o004 else 'its group'}"
+                f" (mode {mode & 0o777:03o}): anyone who can read it can act as this user; "
+                f"chmod 600 it")
+    return None
+
+
 def check_mountpoint(path: str) -> str:
     path = os.path.abspath(path)
     _clear_dead_mount(path)
@@ -257,6 +272,9 @@ def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     """Connect, mount and serve; `ready(err)` is called once with None or a message."""
     faulthandler.register(signal.SIGUSR1)
     tame_malloc()
+    warning = keyring_warning(mo.keyring)
+    if warning:
+        log.warning("%s", warning)
     try:
         handle = open_cluster(ClientConfig(conf=mo.conf, name=mo.name, keyring=mo.keyring,
                                            connect_timeout=mo.connect_timeout,
@@ -307,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mount.radosfs: {exc}", file=sys.stderr)
         return 1
     foreground = args.foreground or mo.debug
+    warning = keyring_warning(mo.keyring)
+    if warning and not foreground:
+        print(f"mount.radosfs: warning: {warning}", file=sys.stderr)
     if foreground:
         setup_logging(True, mo.debug, args.log)
 
