@@ -73,14 +73,3 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
-
-
-class EscapingFilter(logging.Filter):
-    """On each log handler: the formatted message, with names in it, is made printable."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        safe = printable(msg)
-        if safe is not msg or record.args:
-            record.msg, record.args = safe, None
-        return True

@@ -2,9 +2,11 @@
 
     mount.radosfs [SOURCE] MOUNTPOINT [-o OPT[,OPT...]] [-f]
 
-It is called by mount(8) as `mount.radosfs none /mnt/ceph -o ...`, so `mount -t radosfs`
-and /etc/fstab lines work. Without -f it returns once the mount is ready and keeps serving
-in the background; every failure before that is one line on stderr and a non-zero exit.
+It is called by mount(8) as `mount.radosfs none /mnt/ceph -o ...` (type `radosfs`) and as
+`mount.fuse.radosfs ...` (type `fuse.radosfs`, what /proc/mounts shows), so `mount -t`,
+/etc/fstab lines and `mount -o remount,ro|rw` work. Without -f it returns once the mount is
+ready and keeps serving in the background; every failure before that is one line on stderr
+and a non-zero exit. See docs/options.md and mount.radosfs(8).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import argparse
 import ctypes
 import errno
 import faulthandler
+import json
 import logging
 import logging.handlers
 import os
@@ -21,20 +24,41 @@ import sys
 import threading
 import time
 
-import pyfuse3
-import trio
+from . import __version__
+
+_BINDING_HELP = {
+    "rados": "the Ceph bindings come from the distribution: apt install python3-rados "
+             "python3-rbd, and make a venv with --system-site-packages",
+    "rbd": "the Ceph bindings come from the distribution: apt install python3-rados "
+           "python3-rbd, and make a venv with --system-site-packages",
+    "pyfuse3": "pip install pyfuse3 (needs libfuse3-dev, pkg-config and gcc), or apt install "
+               "python3-pyfuse3",
+    "trio": "pip install trio, or apt install python3-trio",
+}
+try:
+    import pyfuse3
+    import rados  # noqa: F401 -- imported by the layers below; checked here, once
+    import rbd  # noqa: F401
+    import trio
+except ImportError as _exc:
+    if _exc.name not in _BINDING_HELP:
+        raise
+    raise SystemExit(f"mount.radosfs: python module {_exc.name!r} is missing for "
+                     f"{sys.executable}: {_BINDING_HELP[_exc.name]}") from None
 
 from .cache import PageCache
-from .errors import EscapingFilter
 from .client.bridge import Bridge
 from .client.connection import ClientConfig, ConnectError, Connection, open_cluster
 from .operations import Operations
 from .store.keys import IMAGE
-from .options import HELP, MountOptions, OptionError, parse_options
+from .options import HELP, KERNEL_FLAGS, MountOptions, OptionError, parse_options
 from .tree.context import MountContext
 from .tree.kinds import NodeKinds
 
 log = logging.getLogger("radosfs")
+
+# Where a background daemon logs when neither -o log= nor syslog nor the journal is there.
+FALLBACK_LOG = "/var/log/radosfs.log"
 
 READY_TIMEOUT = 30.0   # the parent waits this long for the daemon to report
 # The bridge's deadline is op_timeout plus this: librados' own timeouts (set to op_timeout)
@@ -48,22 +72,25 @@ class MountError(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    epilog = "options (-o):\n" + "\n".join(f"  {k:<26} {v}" for k, v in HELP.items())
+    epilog = "options (-o):\n" + "\n".join(f"  {k:<34} {v}" for k, v in HELP.items())
     p = argparse.ArgumentParser(
         prog="mount.radosfs", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Mount a Ceph cluster: pools as directories, RADOS objects and RBD "
-                    "images as files.", epilog=epilog)
+                    "images as files. See mount.radosfs(8).", epilog=epilog)
     p.add_argument("source", nargs="?", default="none",
-                   help="'none', or a client name (e.g. admin or client.backup)")
+                   help="'none', or a client name (e.g. admin or client.backup); shown as "
+                        "the mount's source")
     p.add_argument("mountpoint")
     p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTS",
                    help="comma-separated mount options (below)")
     p.add_argument("-f", "--foreground", action="store_true",
                    help="stay in the foreground and log to stderr")
-    p.add_argument("--log", metavar="PATH",
-                   help="log file when in the background (default: syslog if available)")
-    # Flags mount(8) passes to helpers: accepted and ignored.
+    p.add_argument("--log", metavar="PATH", help="log file (the same as -o log=PATH)")
+    p.add_argument("-V", "--version", action="version", version=f"radosfs {__version__}")
+    # What mount(8) passes to helpers: accepted and ignored.
     p.add_argument("-n", "-s", "-v", dest="ignored", action="count", help=argparse.SUPPRESS)
+    p.add_argument("-t", dest="fstype", help=argparse.SUPPRESS)
+    p.add_argument("-N", dest="namespace", help=argparse.SUPPRESS)
     return p
 
 
@@ -72,16 +99,41 @@ def resolve_options(args: argparse.Namespace) -> MountOptions:
     if args.source not in ("none", "radosfs", "ceph", ""):
         mo.name = args.source if "." in args.source else f"client.{args.source}"
     mo = parse_options(args.options, mo)
+    if args.log:
+        mo.log = args.log
     if mo.conf is None:
-        mo.conf = os.environ.get("CEPH_CONF") or "/etc/ceph/ceph.conf"
-    if not os.path.isfile(mo.conf):
-        raise MountError(f"ceph configuration {mo.conf} not found (use -o conf=PATH)")
-    if mo.keyring is not None and not os.path.isfile(mo.keyring):
-        raise MountError(f"keyring {mo.keyring} not found")
+        default = f"/etc/ceph/{mo.cluster}.conf"
+        mo.conf = os.environ.get("CEPH_CONF") or default
+        if mo.mon_host and not os.path.isfile(mo.conf):
+            mo.conf = None          # mon_host= and a key: no conf file needed
+    if mo.conf is not None and not os.path.isfile(mo.conf):
+        raise MountError(f"ceph configuration {mo.conf} not found (use -o conf=PATH, or "
+                         f"mon_host= with keyring= or secretfile=)")
+    for what, path in (("keyring", mo.keyring), ("secretfile", mo.secretfile)):
+        if path is None:
+            continue
+        if not os.path.exists(path):
+            raise MountError(f"{what} {path} not found")
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            raise MountError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if mo.log not in (None, "stderr", "syslog"):
+        mo.log = os.path.abspath(mo.log)
+        try:
+            open(mo.log, "a").close()
+        except OSError as exc:
+            raise MountError(f"cannot open log file {mo.log}: {exc.strerror}") from None
+    elif mo.log == "syslog" and not os.path.exists("/dev/log"):
+        raise MountError("log=syslog: there is no syslog here (/dev/log is missing)")
     # The daemon changes to / before librados reads them.
-    mo.conf = os.path.abspath(mo.conf)
+    if mo.conf is not None:
+        mo.conf = os.path.abspath(mo.conf)
     if mo.keyring is not None:
         mo.keyring = os.path.abspath(mo.keyring)
+    if mo.secretfile is not None:
+        mo.secretfile = os.path.abspath(mo.secretfile)
     return mo
 
 
@@ -114,6 +166,31 @@ def keyring_warning(keyring: str | None) -> str | None:
     return None
 
 
+def read_secret(path: str) -> str:
+    """The key of a secretfile= (just the base64 key, as mount.ceph takes it; a keyring
+    file works too). Never logged, never in a message."""
+    try:
+        text = open(path).read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MountError(f"cannot read secretfile {path}: "
+                         f"{getattr(exc, 'strerror', None) or 'not text'}") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("key") and "=" in line:
+            line = line.split("=", 1)[1].strip()
+        if line and not line.startswith(("[", "#", ";")) and " " not in line:
+            return line
+    raise MountError(f"secretfile {path} holds no key")
+
+
+def client_config(mo: MountOptions) -> ClientConfig:
+    return ClientConfig(conf=mo.conf, name=mo.name, keyring=mo.keyring,
+                        connect_timeout=mo.connect_timeout, op_timeout=mo.op_timeout,
+                        cluster=mo.cluster, mon_host=mo.mon_host,
+                        key=read_secret(mo.secretfile) if mo.secretfile else None,
+                        ceph_options=dict(mo.ceph))
+
+
 def check_mountpoint(path: str) -> str:
     path = os.path.abspath(path)
     _clear_dead_mount(path)
@@ -127,35 +204,86 @@ def check_mountpoint(path: str) -> str:
 
 
 def fuse_options(mo: MountOptions, source: str) -> set[str]:
+    """What libfuse is given. The source is kept as the fsname (even `none`) so that
+    mount(8) finds an fstab line mounted already: a second `mount -a` is a no-op."""
     opts = set(pyfuse3.default_options) - {"default_permissions"}
-    opts |= {f"fsname={source if source != 'none' else 'radosfs'}", "subtype=radosfs"}
+    opts |= {f"fsname={mo.fsname or source or 'none'}", f"subtype={mo.subtype}"}
     opts |= mo.fuse
+    opts |= mo.kernel_flags()
     if "allow_other" in mo.fuse:
         opts.add("default_permissions")
     if mo.ro:
         opts.add("ro")
     if mo.debug:
-        opts.add("debug")
+        opts.add("debug")   # libfuse's request trace, to stderr (-f or log=stderr)
     return opts
 
 
-def setup_logging(foreground: bool, debug: bool, logfile: str | None) -> None:
+class OneLineFormatter(logging.Formatter):
+    """One line per event: newlines (tracebacks too) and other control characters are
+    escaped, so a name with a newline or raw bytes cannot forge or break log lines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text.translate(_ESCAPES)
+
+
+_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 9: "\\t", 127: "\\x7f"}
+
+
+def _journal_stderr() -> bool:
+    """Whether stderr is the systemd journal (JOURNAL_STREAM names its device:inode)."""
+    js = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+        dev, ino = (int(x) for x in js.split(":"))
+    except (OSError, ValueError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def log_target(mo: MountOptions, foreground: bool) -> str:
+    """Where the daemon logs: `stderr`, `syslog` or a path (see mount.radosfs(8))."""
+    if mo.log:
+        return mo.log
+    if foreground or _journal_stderr():
+        return "stderr"
+    if os.path.exists("/dev/log"):
+        return "syslog"
+    return FALLBACK_LOG   # a background daemon's stderr is /dev/null: never log nowhere
+
+
+def setup_logging(target: str, level: str | None, debug: bool) -> None:
     root = logging.getLogger()
     root.handlers.clear()
-    if foreground or logfile:
-        handler: logging.Handler = (logging.FileHandler(logfile) if logfile
-                                    else logging.StreamHandler(sys.stderr))
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    elif os.path.exists("/dev/log"):
+    fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    if target == "stderr":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    elif target == "syslog":
         handler = logging.handlers.SysLogHandler("/dev/log")
-        handler.setFormatter(logging.Formatter("radosfs[%(process)d]: %(levelname)s "
-                                               "%(name)s: %(message)s"))
+        fmt = "radosfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
     else:
-        handler = logging.NullHandler()
-    handler.addFilter(EscapingFilter())  # names in messages cannot forge log lines
+        # Reopens the file when logrotate has moved it away; SIGHUP reopens it too.
+        handler = logging.handlers.WatchedFileHandler(target)
+    handler.setFormatter(OneLineFormatter(fmt))
     root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else logging.INFO)
+    root.setLevel(logging.DEBUG if debug else getattr(logging, (level or "info").upper()))
+
+
+def reopen_logs() -> None:
+    """SIGHUP: reopen log files (logrotate's `postrotate kill -HUP`)."""
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.acquire()
+            try:
+                if h.stream:
+                    h.stream.close()
+                h.stream = h._open()
+                if isinstance(h, logging.handlers.WatchedFileHandler):
+                    h._statstream()
+            finally:
+                h.release()
+    log.info("SIGHUP: log reopened")
 
 
 async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
@@ -245,6 +373,9 @@ async def _set_readahead(mountpoint: str, kb: int) -> None:
 async def _signals(nursery: trio.Nursery) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
         async for sig in sigs:
+            if sig == signal.SIGHUP:   # logrotate's idiom, not a reason to unmount
+                reopen_logs()
+                continue
             log.info("signal %d: unmounting after writing back", sig)
             pyfuse3.terminate()
             return
@@ -276,10 +407,8 @@ def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     if warning:
         log.warning("%s", warning)
     try:
-        handle = open_cluster(ClientConfig(conf=mo.conf, name=mo.name, keyring=mo.keyring,
-                                           connect_timeout=mo.connect_timeout,
-                                           op_timeout=mo.op_timeout))
-    except ConnectError as exc:
+        handle = open_cluster(client_config(mo))
+    except (ConnectError, MountError) as exc:
         ready(str(exc))
         return 1
     code = 0
@@ -318,24 +447,111 @@ def _shutdown(handle, timeout: float) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if any("remount" in chunk.split(",") for chunk in args.options):
+        return remount(args)
     try:
         mo = resolve_options(args)
         mountpoint = check_mountpoint(args.mountpoint)
     except (MountError, OptionError) as exc:
         print(f"mount.radosfs: {exc}", file=sys.stderr)
         return 1
-    foreground = args.foreground or mo.debug
     warning = keyring_warning(mo.keyring)
-    if warning and not foreground:
+    if warning and not args.foreground:
         print(f"mount.radosfs: warning: {warning}", file=sys.stderr)
-    if foreground:
-        setup_logging(True, mo.debug, args.log)
+    mo.log = target = log_target(mo, args.foreground)
+    if args.foreground:
+        setup_logging(target, mo.log_level, mo.debug)
+        name_process(mountpoint)
 
         def ready(err: str | None) -> None:
             if err:
                 print(f"mount.radosfs: {err}", file=sys.stderr)
+            else:
+                sd_notify(f"READY=1\nSTATUS=serving {mountpoint}\nMAINPID={os.getpid()}")
         return run_daemon(mo, mountpoint, args.source, ready)
     return _daemonize(mo, mountpoint, args)
+
+
+def name_process(mountpoint: str) -> None:
+    """`radosfs` as the process name (ps -o comm, top, pgrep radosfs). The command line
+    keeps `python -m radosfs.mount SOURCE MOUNTPOINT ...`: Python cannot rewrite it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(15, b"radosfs", 0, 0, 0)   # PR_SET_NAME: 15 bytes of comm
+    except (OSError, AttributeError):
+        pass
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify, NotifyAccess=all for the forked daemon) we are ready."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    import socket
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError as exc:
+        log.warning("sd_notify to %s failed: %s", path, exc)
+
+
+def remount(args: argparse.Namespace) -> int:
+    """`mount -o remount,ro|rw MOUNTPOINT`: the kernel's read-only flag, changed in place.
+
+    A mount made with `-o ro` refuses changes in the daemon too, so it cannot be made
+    writable by a remount: that is one clear error. Other options cannot change on a
+    live mount (they are ignored here, as for any FUSE filesystem)."""
+    def fail(msg: str) -> int:
+        print(f"mount.radosfs: remount: {msg}", file=sys.stderr)
+        return 1
+    mountpoint = os.path.abspath(args.mountpoint)
+    # mount(8) hands over the mount's current options too (user_id=, group_id=, conf=...):
+    # only ro/rw and the kernel flags can change; the last ro/rw wins.
+    ro = None
+    flags: dict[str, str] = {}
+    for o in (o for chunk in args.options for o in chunk.split(",")):
+        if o in ("ro", "rw"):
+            ro = o == "ro"
+        elif o in KERNEL_FLAGS:
+            flags[o[2:] if o.startswith("no") else o] = o
+    if ro is None:
+        return fail("say ro or rw (only the read-only flag can change on a live mount)")
+    if not _is_radosfs_mount(mountpoint):
+        return fail(f"{mountpoint} is not a radosfs mount")
+    try:
+        daemon_ro = json.loads(open(os.path.join(mountpoint, ".radosfs-stats")).read())[
+            "mount"]["ro"]
+    except (OSError, ValueError, KeyError) as exc:
+        return fail(f"cannot ask the daemon of {mountpoint}: {exc}")
+    if not ro and daemon_ro:
+        return fail(f"{mountpoint} was mounted with -o ro: unmount it and mount it again "
+                    f"without ro to make it writable")
+    # -i: mount(8) makes the remount itself instead of calling this helper again.
+    res = subprocess.run(["mount", "-i", "-o", ",".join(["remount", "ro" if ro else "rw",
+                                                          *sorted(flags.values())]),
+                          mountpoint],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        return fail(res.stderr.strip().splitlines()[-1] if res.stderr.strip()
+                    else f"mount exited with {res.returncode}")
+    return 0
+
+
+def _is_radosfs_mount(mountpoint: str) -> bool:
+    try:
+        lines = open("/proc/self/mountinfo").read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        sep = fields.index("-")
+        mp = fields[4].encode().decode("unicode_escape")
+        if mp == mountpoint and fields[sep + 1].startswith("fuse.radosfs"):
+            return True
+    return False
 
 
 def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> int:
@@ -350,7 +566,13 @@ def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> i
     os.chdir("/")
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 0)
-    setup_logging(False, mo.debug, args.log)
+    keep_stderr = mo.log == "stderr"   # the journal, or asked for (a container's log)
+    try:
+        setup_logging(mo.log, mo.log_level, mo.debug)
+    except OSError as exc:
+        os.write(wfd, f"cannot open log {mo.log}: {exc.strerror}".encode())
+        os._exit(1)
+    name_process(mountpoint)
     sent = False
 
     def ready(err: str | None) -> None:
@@ -364,7 +586,9 @@ def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> i
         os.close(wfd)
         if not err:  # from now on nothing may write to the caller's terminal
             os.dup2(null, 1)
-            os.dup2(null, 2)
+            if not keep_stderr:
+                os.dup2(null, 2)
+            sd_notify(f"READY=1\nSTATUS=serving {mountpoint}\nMAINPID={os.getpid()}")
 
     code = run_daemon(mo, mountpoint, args.source, ready)
     os._exit(code)
@@ -383,6 +607,11 @@ def _wait_ready(rfd: int, pid: int, mountpoint: str) -> int:
     os.waitpid(pid, 0) if ready else None
     print(f"mount.radosfs: {msg or 'the mount daemon exited early'}", file=sys.stderr)
     return 1
+
+
+def entry() -> None:
+    """The `mount.radosfs` console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

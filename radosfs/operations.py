@@ -102,7 +102,8 @@ class Operations(pyfuse3.Operations):
             if isinstance(a, bytes):
                 if what == "write" or (what == "setxattr" and i == 2):
                     continue  # what users wrote never goes to the log
-                parts.append(printable(a.decode("utf-8", "replace")[:200]))
+                # a name: escaped, so raw bytes never reach a log line
+                parts.append(printable(a[:200].decode("utf-8", "backslashreplace")))
             elif isinstance(a, int) and not isinstance(a, bool):
                 if i == 0 and what in FH_HANDLERS:  # a file handle, not an inode
                     h = self.handles.get(a) or self.dirs.get(a)

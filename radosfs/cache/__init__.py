@@ -4,7 +4,8 @@ Knows nothing of RADOS: plain objects, striped sets, RBD images and snapshot vie
 backends (radosfs.store), and the cache only ever talks to `Backend`.
 """
 from .backend import Backend
-from .pagecache import DIRTY_EXPIRE, PageCache
+from .pagecache import PageCache
+from .writeback import DIRTY_EXPIRE
 from .pages import PAGE_SIZE, CachedFile, ReadState
 
 __all__ = ["Backend", "CachedFile", "DIRTY_EXPIRE", "PAGE_SIZE", "PageCache", "ReadState"]

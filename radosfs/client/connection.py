@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import rados
 
@@ -32,6 +32,15 @@ class ClientConfig:
     keyring: str | None = None
     connect_timeout: float = 10.0
     op_timeout: float = 30.0
+    cluster: str = "ceph"
+    mon_host: str | None = None
+    key: str | None = None       # a secret (from secretfile=): never logged or shown
+    ceph_options: dict[str, str] = field(default_factory=dict)
+    admin_socket: str | None = None
+
+    def __repr__(self) -> str:   # no secret in a traceback or a log line
+        return (f"ClientConfig(conf={self.conf!r}, name={self.name!r}, "
+                f"mon_host={self.mon_host!r}, cluster={self.cluster!r})")
 
 
 class ConnectError(Exception):
@@ -55,18 +64,33 @@ def open_cluster(cfg: ClientConfig) -> rados.Rados:
     """Connect synchronously (before the loop starts); raise ConnectError with a clear cause."""
     name = cfg.name if "." in cfg.name else f"client.{cfg.name}"
     try:
-        handle = rados.Rados(conffile=cfg.conf or "", name=name)
+        # conffile=None reads no file at all (mon_host= and a key are then enough).
+        handle = rados.Rados(conffile=cfg.conf, name=name, clustername=cfg.cluster)
     except rados.Error as exc:
         raise ConnectError(f"cannot read ceph configuration {cfg.conf}: {_clean_message(exc)}")
     try:
+        for opt, value in cfg.ceph_options.items():
+            try:
+                handle.conf_set(opt, value)
+            except rados.Error as exc:
+                raise ConnectError(f"ceph option {opt}={value}: {_clean_message(exc)}") from None
+        if cfg.mon_host:
+            handle.conf_set("mon_host", cfg.mon_host)
         if cfg.keyring:
             handle.conf_set("keyring", cfg.keyring)
+        if cfg.key:
+            handle.conf_set("key", cfg.key)
+        if cfg.admin_socket:
+            handle.conf_set("admin_socket", cfg.admin_socket)
         handle.conf_set("client_mount_timeout", str(int(max(1, cfg.connect_timeout))))
         handle.conf_set("rados_mon_op_timeout", str(int(max(1, cfg.op_timeout))))
         handle.conf_set("rados_osd_op_timeout", str(int(max(1, cfg.op_timeout))))
         # librbd's own cache would be a second cache below ours.
         handle.conf_set("rbd_cache", "false")
         handle.connect()
+    except ConnectError:
+        handle.shutdown()
+        raise
     except rados.Error as exc:
         handle.shutdown()
         raise ConnectError(_connect_failure(exc, cfg, name)) from None
@@ -74,11 +98,15 @@ def open_cluster(cfg: ClientConfig) -> rados.Rados:
     return handle
 
 
+def _mons(cfg: ClientConfig) -> str:
+    return cfg.mon_host if cfg.mon_host else f"in {cfg.conf or 'the default ceph.conf'}"
+
+
 def _connect_failure(exc: rados.Error, cfg: ClientConfig, name: str) -> str:
     """One line naming why connect failed."""
     if isinstance(exc, rados.TimedOut):
         return (f"cluster did not answer within {cfg.connect_timeout:g}s "
-                f"(monitors in {cfg.conf or 'the default ceph.conf'} unreachable?)")
+                f"(monitors {_mons(cfg)} unreachable?)")
     if isinstance(exc, rados.PermissionDeniedError):
         return f"the cluster refused the key of {name}: {_clean_message(exc)}"
     if isinstance(exc, rados.ObjectNotFound):

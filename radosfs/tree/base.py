@@ -53,8 +53,15 @@ class Node:
     def describe(self) -> str:
         return self.key.describe()
 
+    @property
+    def writable(self) -> bool:
+        """Neither a ro mount, nor a read-only node, nor in a pool of another application
+        (foreign_pools=ro, the default: see docs/options.md)."""
+        return not (self.fs.options.ro or self.read_only
+                    or self.fs.foreign_read_only(getattr(self, "pool", None)))
+
     def check_writable(self) -> None:
-        if self.fs.options.ro or self.read_only:
+        if not self.writable:
             raise RadosFSError(errno.EROFS, "read-only")
 
     async def attributes(self) -> pyfuse3.EntryAttributes:
@@ -127,7 +134,7 @@ class DirNode(Node):
         """A directory's attributes from its record and its marker's RADOS mtime (None: no
         marker: the mount time)."""
         mode = self.fs.options.dir_mode() if record.mode is None else record.mode
-        if self.read_only or self.fs.options.ro:
+        if not self.writable:
             mode &= ~0o222
         return self._attrs(stat.S_IFDIR | mode, nlink=2, owner=record,
                            times=record.shown(stored, self.fs.mount_time))
@@ -260,7 +267,7 @@ class FileNode(Node):
         if owner.symlink:
             return self._attrs(stat.S_IFLNK | 0o777, size, owner=owner, times=times)
         mode = self.fs.options.file_mode() if owner.mode is None else owner.mode
-        if self.read_only or self.fs.options.ro:
+        if not self.writable:
             mode &= ~0o222
         return self._attrs(stat.S_IFREG | mode, size, owner=owner, times=times)
 

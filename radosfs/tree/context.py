@@ -7,6 +7,7 @@ task nursery, for background work) are set on it from outside, S3QL-style.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -24,6 +25,12 @@ from .inodes import InodeTable
 from .pool_state import PoolIndex
 
 
+# Applications whose pools radosfs leaves alone unless foreign_pools=rw: CephFS, RGW, the
+# mgr (`.mgr`, `device_health_metrics`), NFS-Ganesha's config pool.
+FOREIGN_APPS = {"cephfs", "rgw", "mgr", "mgr_devicehealth", "nfs"}
+FOREIGN_NAMES = {".mgr", "device_health_metrics", ".nfs"}
+
+
 class MountContext:
     def __init__(self, conn: Connection, options: MountOptions, cache: PageCache) -> None:
         self.conn = conn
@@ -37,6 +44,34 @@ class MountContext:
         self.images = ImagePools(conn, spawn=lambda: self.nursery, busy=self.busy)
         self._flags: dict[str, PoolFlag] = {}
         self._indexes: dict[tuple[str, str | None], PoolIndex] = {}
+        self._foreign: dict[str, bool] = {}
+
+    async def classify_pool(self, pool: str) -> bool:
+        """Whether `pool` belongs to another application (asked once per pool)."""
+        known = self._foreign.get(pool)
+        if known is None:
+            if pool in FOREIGN_NAMES:
+                known = True
+            else:
+                try:
+                    apps = await self.conn.pool_applications(pool)
+                except rados.Error:
+                    apps = []
+                known = bool(FOREIGN_APPS & set(apps))
+            self._foreign[pool] = known
+        return known
+
+    def foreign_read_only(self, pool: str | None) -> bool:
+        return (pool is not None and self.options.foreign_pools == "ro"
+                and self._foreign.get(pool, pool in FOREIGN_NAMES))
+
+    async def pool_shown(self, pool: str) -> bool:
+        """pools= and foreign_pools=hide: whether the mount shows `pool` at all."""
+        if self.options.pools and pool not in self.options.pools:
+            return False
+        if self.options.foreign_pools == "hide":
+            return not await self.classify_pool(pool)
+        return True
 
     def busy(self, key: StoreKey) -> bool:
         """Whether the cache holds the stored file open or with data not yet written."""
@@ -61,6 +96,11 @@ class MountContext:
         return await pool_has_overrides(self.bridge, io, self.pool_flag(pool))
 
     def counters(self) -> dict:
-        return {"cache": self.cache.counters(),
+        o = self.options
+        return {"mount": {"pid": os.getpid(), "ro": o.ro, "log": o.log, "name": o.name,
+                          "conf": o.conf, "mon_host": o.mon_host, "cluster": o.cluster,
+                          "pools": o.pools or None, "foreign_pools": o.foreign_pools,
+                          "cache_size": o.cache_size, "since": int(self.mount_time)},
+                "cache": self.cache.counters(),
                 "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
                               bytes_in_flight=self.bridge.throttle.bytes)}

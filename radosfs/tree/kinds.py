@@ -28,6 +28,7 @@ class NodeKinds(Kinds):
         return self._root
 
     async def pool(self, name: str) -> DirNode:
+        await self.fs.classify_pool(name)   # before any node of it answers for its modes
         if await self.fs.images.is_rbd_pool(name):
             return self.table.get(NodeKey(IMAGE_POOL, name), lambda: ImagePool(self.fs, name))
         return self.pool_dir(name, "")

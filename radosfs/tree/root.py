@@ -16,6 +16,10 @@ from .names import check_component
 log = logging.getLogger(__name__)
 
 STATS_NAME = ".radosfs-stats"   # read-only JSON counters at the mount root
+# `setfattr -n user.radosfs.flush -v 1 MOUNTPOINT` (what `radosfs flush` does): write back
+# every dirty file of the mount; returns once RADOS has acknowledged all of it (EIO if any
+# could not be written: they stay dirty and are retried, as after a failed close).
+FLUSH_XATTR = "radosfs.flush"
 
 
 class RootNode(DirNode):
@@ -30,6 +34,9 @@ class RootNode(DirNode):
             await self.fs.conn.latest_osdmap(required=True)
             if not await self.fs.conn.pool_exists(name):
                 raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        if not await self.fs.pool_shown(name):
+            raise RadosFSError(errno.ENOENT, f"pool {name} is not mounted (pools=, "
+                                             f"foreign_pools=hide)")
         return await self.kinds.pool(name)
 
     async def entries(self):
@@ -37,13 +44,26 @@ class RootNode(DirNode):
         pools = await self.fs.conn.list_pools()
         batch: list[Entry] = []
         for name in sorted(pools):
+            if not await self.fs.pool_shown(name):
+                continue
             node = await self.kinds.pool(name)
             batch.append((name, node, await node.attributes()))
         yield batch
 
+    async def set_xattr(self, key: str, value: bytes) -> None:
+        if key != FLUSH_XATTR:
+            raise RadosFSError(errno.ENOTSUP, "the mount root stores no xattrs")
+        failed = await self.fs.cache.flush_all()
+        log.info("flush asked: %s", f"{len(failed)} file(s) failed" if failed else "done")
+        if failed:
+            raise RadosFSError(errno.EIO, f"flush: {len(failed)} file(s) could not be "
+                                          f"written back")
+
     async def mkdir(self, name: str, owner: Ownership = NO_OVERRIDE) -> Node:
         """A new pool; a mode or owner asked for is stored as the pool directory's."""
         check_component(name)
+        if self.fs.options.pools and name not in self.fs.options.pools:
+            raise RadosFSError(errno.EPERM, f"pool {name} is not in pools= of this mount")
         if await self.fs.conn.pool_exists(name):
             raise RadosFSError(errno.EEXIST, f"pool {name} exists")
         await self.fs.conn.create_pool(name)
@@ -54,8 +74,11 @@ class RootNode(DirNode):
         return node
 
     async def rmdir(self, name: str) -> None:
-        if not await self.fs.conn.pool_exists(name):
+        if not await self.fs.conn.pool_exists(name) or not await self.fs.pool_shown(name):
             raise RadosFSError(errno.ENOENT, f"no pool {name}")
+        if self.fs.foreign_read_only(name):
+            raise RadosFSError(errno.EROFS, f"pool {name} belongs to another application "
+                                            f"(foreign_pools=rw to change it)")
         if not self.fs.options.allow_pool_delete:
             raise RadosFSError(errno.EPERM, f"pool {name} not removed: mount with "
                                             f"allow_pool_delete to remove pools")
