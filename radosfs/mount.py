@@ -151,6 +151,21 @@ def _clear_dead_mount(path: str) -> None:
                          f"clear it with: fusermount3 -u {path}")
 
 
+def keyring_warning(keyring: str | None) -> str | None:
+    """A warning when the keyring file can be read by users other than its owner."""
+    if keyring is None:
+        return None
+    try:
+        mode = os.stat(keyring).st_mode
+    except OSError:
+        return None
+    if mode & 0o044:
+        return (f"keyring {keyring} is readable by {'others' if mode & 0o004 else 'its group'}"
+                f" (mode {mode & 0o777:03o}): anyone who can read it can act as this user; "
+                f"chmod 600 it")
+    return None
+
+
 def read_secret(path: str) -> str:
     """The key of a secretfile= (just the base64 key, as mount.ceph takes it; a keyring
     file works too). Never logged, never in a message."""
@@ -388,6 +403,9 @@ def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     """Connect, mount and serve; `ready(err)` is called once with None or a message."""
     faulthandler.register(signal.SIGUSR1)
     tame_malloc()
+    warning = keyring_warning(mo.keyring)
+    if warning:
+        log.warning("%s", warning)
     try:
         handle = open_cluster(client_config(mo))
     except (ConnectError, MountError) as exc:
@@ -437,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MountError, OptionError) as exc:
         print(f"mount.radosfs: {exc}", file=sys.stderr)
         return 1
+    warning = keyring_warning(mo.keyring)
+    if warning and not args.foreground:
+        print(f"mount.radosfs: warning: {warning}", file=sys.stderr)
     mo.log = target = log_target(mo, args.foreground)
     if args.foreground:
         setup_logging(target, mo.log_level, mo.debug)

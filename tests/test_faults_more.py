@@ -29,7 +29,7 @@ import pytest
 from conftest import Mount, run
 from radosfs.dev.cluster import LocalCluster
 from radosfs.dev.mount_process import REPO, daemon_pids, env_with_repo
-from test_faults_timeouts import _alive, _wait_exit, daemon_pid, timed
+from test_faults_timeouts import _alive, _wait_exit, daemon_pid
 
 LONG = bool(os.environ.get("RADOSFS_LONG_FAULTS"))
 COPY_MIB = 300 if LONG else 48

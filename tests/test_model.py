@@ -59,16 +59,16 @@ database, no shrinking. Environment variables for other runs:
   open), `rename-open` (no rename of a file that is open), `second-mount`, `striped`
   (no offset or size past 64 MiB - 1 MiB), `remount`.
 
-Both variants are marked xfail(strict) while issue 7 is open: pass --runxfail to see what
-they find. A long run (shrinking a failure takes a few minutes each):
+Each variant prints how many steps it checked (`pytest -s`). A long run (shrinking a
+failure takes a few minutes each):
 
     RADOSFS_MODEL_EXAMPLES=300 RADOSFS_MODEL_STEPS=80 RADOSFS_MODEL_SEED=1 \\
-        python -m pytest tests/test_model.py -v --runxfail
+        python -m pytest tests/test_model.py -v -s
 
 and, while one bug is known, steering around it to look for others:
 
     RADOSFS_MODEL_AVOID=orphan,rename-open RADOSFS_MODEL_EXAMPLES=150 RADOSFS_MODEL_SEED=2 \\
-        python -m pytest tests/test_model.py -v --runxfail
+        python -m pytest tests/test_model.py -v -s
 """
 from __future__ import annotations
 
@@ -184,6 +184,7 @@ class Env:
         self.kind = kind            # "obj" or "img"
         self.base = base
         self.examples = 0
+        self.steps = 0              # checked steps, over all examples (printed at the end)
         self.busy_images: list[str] = []   # removed later: the second mount held them
         self.m1 = self._mount("m1")
         self.m2 = self._mount("m2")
@@ -553,6 +554,7 @@ class FsModel(RuleBasedStateMachine):
     def check_state(self) -> None:
         """After every step: listings, sizes by name, sizes by descriptor."""
         self.c.since_remount += 1
+        self.env.steps += 1
         for d in [""] + (["sub"] if self.env.kind == "obj" else []):
             # Only this example's names: images an earlier one could not remove yet (the
             # second mount held them) are still there; cleanup() checks for leftovers.
@@ -722,18 +724,14 @@ def run_variant(env: Env) -> None:
     except BaseException:
         env.close(check=False)  # the model's failure is the one to report
         raise
+    finally:
+        print(f"model {env.kind}: {env.steps} steps checked in {env.examples} examples")
     env.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: open descriptors are bound to the name "
-                                       "(writes after unlink re-create the file, after mv go "
-                                       "to the old name); see tests/test_model_regressions.py")
 def test_model_object_pool(cluster, pool, model_base):
     run_variant(Env(cluster, pool, "obj", model_base))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: an unlink or rename-over refused with EBUSY "
-                                       "drops the open image's cached data; reads after "
-                                       "unlink return zeros; see tests/test_model_regressions.py")
 def test_model_image_pool(cluster, image_pool, model_base):
     run_variant(Env(cluster, image_pool, "img", model_base))

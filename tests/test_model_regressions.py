@@ -2,9 +2,8 @@
 
 Each test is a shrunk sequence Hypothesis reported, written out as a normal test through
 the real mount and checked as the model checks it (against POSIX, and through the
-cluster's own tools). They fail on the code as it is and are marked
-xfail(strict=True, reason="issue 7: ..."): once a fix lands the test passes, a strict xfail
-that passes is reported as a failure, and the mark has to go.
+cluster's own tools). Each failed before the issue-7 fixes (the two image ones before
+ImageFile.remove wrote back first and kept open files detached).
 """
 from __future__ import annotations
 
@@ -54,8 +53,6 @@ def m2(mount_factory):
 
 # ---- striped files ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 7: striped files read uninitialized memory "
-                                       "past the end of short pieces")
 def test_striped_file_reads_zeros_past_the_end_of_a_short_piece(mnt, pool):
     """Model: a striped file truncated to 0 and grown to 18929 bytes read back
     `e12c01...` instead of zeros; `rados --striper get` gave zeros.
@@ -91,8 +88,6 @@ def test_striped_file_reads_zeros_past_the_end_of_a_short_piece(mnt, pool):
 
 # ---- open descriptors of unlinked files -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 7: write after unlink recreates the file "
-                                       "(open descriptors are bound to the name)")
 def test_write_after_unlink_does_not_recreate_the_file(cluster, mnt, pool):
     """Model: start(a); unlink(a); pwrite(fd, 1 byte at 0); close(fd) -> `a` listed again."""
     path = mnt / pool / "a"
@@ -108,8 +103,6 @@ def test_write_after_unlink_does_not_recreate_the_file(cluster, mnt, pool):
     assert objects(cluster, pool) == set()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: writes through a descriptor of an unlinked "
-                                       "file land in a new file of the same name")
 def test_write_after_unlink_stays_out_of_a_new_file_of_that_name(cluster, mnt, pool):
     """Model: start(a); unlink(a); pwrite(fd0, 1 byte at 0); open(a, O_CREAT); remount ->
     the new `a` had the old descriptor's byte (size 1, should be empty)."""
@@ -128,8 +121,6 @@ def test_write_after_unlink_stays_out_of_a_new_file_of_that_name(cluster, mnt, p
     assert rados_get(cluster, pool, "a") == b""
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: read after unlink returns wrong data "
-                                       "(open descriptors are bound to the name)")
 def test_read_after_unlink_returns_what_was_written_or_fails(mnt, pool):
     """Model: start(a); unlink(a); pwrite(fd, b'\\x9c', 0); pread(fd, 226, 0) -> b''.
 
@@ -152,8 +143,6 @@ def test_read_after_unlink_returns_what_was_written_or_fails(mnt, pool):
 
 # ---- open descriptors of renamed files ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 7: fsync of a renamed open file fails with "
-                                       "ENOENT (open descriptors are bound to the name)")
 def test_fsync_after_rename_of_an_open_file(mnt, pool):
     """Model: start(b); rename(b, a); fsync(fd) -> ENOENT."""
     fd = create(mnt / pool / "b")
@@ -164,8 +153,6 @@ def test_fsync_after_rename_of_an_open_file(mnt, pool):
         close_quietly(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: stat of a renamed open file shows 0 "
-                                       "(open descriptors are bound to the name)")
 def test_stat_after_rename_shows_what_the_open_descriptor_wrote(mnt, pool):
     """Model: start(b); rename(b, a); pwrite(fd, 1 byte at 0) -> stat(a).st_size 0 != 1."""
     fd = create(mnt / pool / "b")
@@ -178,8 +165,6 @@ def test_stat_after_rename_shows_what_the_open_descriptor_wrote(mnt, pool):
         close_quietly(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: write after mv goes to the old name "
-                                       "(open descriptors are bound to the name)")
 def test_write_after_rename_goes_to_the_new_name(cluster, mnt, pool):
     """Model: rename of an open file, then writes through its descriptor and close: the
     old name was listed again and the new one lacked the data."""
@@ -197,8 +182,6 @@ def test_write_after_rename_goes_to_the_new_name(cluster, mnt, pool):
     assert rados_get(cluster, pool, "a") == b"hello world"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: after mv the descriptor does not see its "
-                                       "own ftruncate (open descriptors are bound to the name)")
 def test_ftruncate_after_rename_resizes_the_file_at_its_new_name(cluster, mnt, pool):
     """Model: start(b); rename(b, a); ftruncate(fd, 1 MiB); pread(fd, 1, 1 MiB - 836) ->
     b'' instead of a zero byte: the truncate went to the file at its new name, reads through
@@ -217,8 +200,6 @@ def test_ftruncate_after_rename_resizes_the_file_at_its_new_name(cluster, mnt, p
 
 # ---- another client sees a file change between plain and striped -----------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 7: a file that turns striped elsewhere becomes "
-                                       "ENOENT on a mount that had seen it plain")
 def test_second_mount_reads_a_file_that_became_striped(mnt, m2, pool):
     """Model: a file read through the second mount, then grown past 64 MiB through the
     first (so it moved to the striped layout), then read through the second: ENOENT."""
@@ -237,8 +218,6 @@ def test_second_mount_reads_a_file_that_became_striped(mnt, m2, pool):
     assert os.stat(b).st_size == 66 * MiB
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: a file that turns plain elsewhere becomes "
-                                       "ENOENT on a mount that had seen it striped")
 def test_second_mount_reads_a_file_that_became_plain(mnt, m2, pool):
     """The other direction: striped when the second mount read it, then removed and
     written again small (a plain object) through the first mount."""
@@ -256,8 +235,6 @@ def test_second_mount_reads_a_file_that_became_plain(mnt, m2, pool):
 
 # ---- image files ------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="issue 7: an unlink refused with EBUSY drops the open "
-                                       "image's unwritten data")
 def test_image_unlink_refused_keeps_the_open_files_data(cluster, mnt, image_pool):
     """Model (image pool): b open and written; unlink(b) refused with EBUSY (another
     client had the image open); pwrite through b's descriptor -> stat(b).st_size 0 !=
@@ -285,8 +262,6 @@ def test_image_unlink_refused_keeps_the_open_files_data(cluster, mnt, image_pool
     run(["rbd", "snap", "purge", "--no-progress", f"{image_pool}/b"], cluster)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 7: read after unlink of an open image returns "
-                                       "zeros instead of what was written")
 def test_image_read_after_unlink_returns_what_was_written_or_fails(mnt, image_pool):
     """Model (image pool): start(a); pwrite(1 byte at 1 MiB); pwrite(1 byte at 0);
     unlink(a); pread near the end -> 0x00 where 0xe1 was written. (The fstat, as the

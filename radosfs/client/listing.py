@@ -167,9 +167,11 @@ class Lister:
 
     @staticmethod
     def _fail(pool: str, err: int, when: str) -> None:
-        log.warning("listing of pool %s failed %s: %s", pool, when, _why(err))
+        # One log line per failure: the request that asked logs this error with its own name.
+        log.debug("listing of pool %s failed %s: %s", pool, when, _why(err))
         shown = errno.EIO if err == errno.ETIMEDOUT else err
-        raise RadosFSError(shown, f"listing of pool {pool} did not complete: {_why(err)}")
+        raise RadosFSError(shown, f"listing of pool {pool} did not complete ({when}): "
+                                  f"{_why(err)}")
 
     def close(self) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ import errno
 import stat
 import time
 from abc import ABC, abstractmethod
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Hashable
 
 import pyfuse3
 
@@ -210,6 +210,9 @@ class FileNode(Node):
         self._owner: Ownership = NO_OVERRIDE
         #: (size, version token) right after create: the open that follows need not ask
         self.created: tuple[int, Any] | None = None
+        #: unlinked (or renamed over) while open: the cached file that lives on until its
+        #: last close, detached from any stored data (see keep_while_open)
+        self._orphan: CachedFile | None = None
 
     @property
     def owner(self) -> Ownership:
@@ -219,17 +222,54 @@ class FileNode(Node):
     def owner(self, value: Ownership) -> None:
         self._owner = value
 
+    # ---- where its data is: stored, or (unlinked while open) detached in memory ---------
+
     @property
-    def backend_key(self) -> StoreKey:
+    def orphaned(self) -> bool:
+        """Removed while open: the file lives on in this mount until its last close."""
+        return self._orphan is not None
+
+    @property
+    def backend_key(self) -> Hashable:
+        """The key its data has in the page cache."""
+        return self._orphan.key if self._orphan is not None else self.stored_key
+
+    async def backend(self) -> Backend:
+        if self._orphan is not None:
+            return self._orphan.backend
+        return await self.stored_backend()
+
+    async def stored_attrs(self) -> tuple[int, float]:
+        """(size, mtime): as stored in the cluster, or as the detached file has them."""
+        if self._orphan is not None:
+            return self._orphan.size, self.mtime or self.fs.mount_time
+        return await self.stat_stored()
+
+    @property
+    def stored_key(self) -> StoreKey:
         """The key of its stored data in the page cache (see store/keys.py)."""
         raise NotImplementedError
 
-    async def backend(self) -> Backend:
+    async def stored_backend(self) -> Backend:
         raise NotImplementedError
 
-    async def stored_attrs(self) -> tuple[int, float]:
+    async def stat_stored(self) -> tuple[int, float]:
         """(size, mtime) as stored in the cluster."""
         raise NotImplementedError
+
+    async def keep_while_open(self) -> None:
+        """Its stored data is about to be removed (unlink, or a rename over it): the
+        descriptors still open on it keep the file until their last close, detached from
+        the cluster (`PageCache.detach`: what it held is copied into memory first); with
+        none open, its cached data is dropped."""
+        if self._orphan is not None:
+            raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed already")
+        f = self.cache.get(self.stored_key)
+        if f is not None and f.opens > 0:
+            await self.cache.detach(f)
+            self._orphan = f
+        else:
+            await self.cache.forget(self.stored_key)
 
     def remember(self, size: int, mtime: float, owner: Ownership | None = None,
                  fresh: bool = False) -> None:

@@ -49,15 +49,15 @@ class ImageFile(FileNode):
         return self.key.path
 
     @property
-    def backend_key(self) -> StoreKey:
+    def stored_key(self) -> StoreKey:
         # By image id: a rename does not move the cached pages or the open image.
         return StoreKey.image(self.pool, self.image_id, self.snapshot, self.snap_id)
 
-    async def backend(self) -> ImageBackend:
+    async def stored_backend(self) -> ImageBackend:
         return await self.fs.images.backend(self.pool, self.image_id, self.name,
                                             self.snapshot, self.snap_id)
 
-    async def stored_attrs(self) -> tuple[int, float]:
+    async def stat_stored(self) -> tuple[int, float]:
         if self.snapshot is not None:
             size, mtime = await (await self.backend()).stat()
         else:
@@ -135,11 +135,23 @@ class ImageFile(FileNode):
             stored, int(stored), atime, mtime, now_ns()))
 
     async def remove(self) -> None:
-        """Remove the image (drops cached data; closes our own open image first); see
-        ImagePools.remove_image for the errnos."""
+        """Remove the image; see ImagePools.remove_image for the errnos (EBUSY).
+
+        Unwritten data is written first, so a refused removal loses nothing; our own open
+        image is closed (its watch would make the removal refuse). Descriptors still open
+        keep the file until their last close, detached from the cluster (what the image
+        held is copied into memory while its data is still readable by id)."""
         if self.snapshot is not None:
             raise RadosFSError(errno.EROFS, "snapshot view")
-        await self.fs.cache.forget(self.backend_key)
-        await self.fs.images.close_backend(self.backend_key)
+        if self.orphaned:
+            raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed already")
+        f = self.fs.cache.get(self.stored_key)
+        if f is not None and f.dirty:
+            await self.fs.cache.flush(f)
+        await self.fs.images.close_backend(self.stored_key)
         await self.fs.images.remove_image(self.pool, self.name)
+        image = f.backend if f is not None else None
+        await self.keep_while_open()   # may open the (trashed) image by id to copy it
+        if isinstance(image, ImageBackend):
+            await image.close()
 

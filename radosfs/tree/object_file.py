@@ -11,7 +11,6 @@ import rados
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError, errno_of
-from ..cache import CachedFile
 from ..store.copy import copy_metadata
 from ..store.keys import StoreKey
 from ..store.object_backend import ObjectBackend
@@ -41,14 +40,9 @@ class ObjectFile(FileNode):
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
         self._fresh: tuple[int, float, float] | None = None
-        #: unlinked (or renamed over) while open: the cached file that lives on until
-        #: its last close, detached from any stored object (see PageCache.detach)
-        self._orphan: CachedFile | None = None
 
     @property
-    def backend_key(self) -> StoreKey:
-        if self._orphan is not None:
-            return self._orphan.key  # type: ignore[return-value]
+    def stored_key(self) -> StoreKey:
         return StoreKey.object(self.pool, self.oid, self.snap)
 
     def remember(self, size: int, mtime: float, owner: Ownership | None = None,
@@ -74,18 +68,12 @@ class ObjectFile(FileNode):
     def striped(self) -> bool:
         return (self._backend.striped if self._backend else self._striped) is not None
 
-    @property
-    def orphaned(self) -> bool:
-        return self._orphan is not None
-
     async def ioctx(self) -> rados.Ioctx:
         if self.view is not None:
             return await self.fs.conn.snap_ioctx(self.pool, self.snap, self.view.snap_id)
         return await self.fs.conn.ioctx(self.pool)
 
-    async def backend(self) -> ObjectBackend:
-        if self._orphan is not None:
-            return self._orphan.backend  # type: ignore[return-value]
+    async def stored_backend(self) -> ObjectBackend:
         if self._backend is None:
             self._backend = ObjectBackend(self.fs.bridge, await self.ioctx(), self.pool,
                                           self.oid, self.snap, self._striped)
@@ -96,17 +84,15 @@ class ObjectFile(FileNode):
             # Every open asks the cluster for the version (close-to-open), unless we have
             # just created the object ourselves.
             created = self.created
-            (await self.backend()).revalidate(
+            (await self.stored_backend()).revalidate(
                 (created[0], created[1][0]) if created is not None else None)
         return await super().open(writable, truncate)
 
-    async def stored_attrs(self) -> tuple[int, float]:
-        if self._orphan is not None:
-            return self._orphan.size, self.mtime or self.fs.mount_time
+    async def stat_stored(self) -> tuple[int, float]:
         fresh, self._fresh = self._fresh, None
         if fresh is not None and time.monotonic() - fresh[2] < FRESH_SECONDS:
             return fresh[0], fresh[1]
-        backend = await self.backend()
+        backend = await self.stored_backend()
         async with concurrently() as nursery:
             nursery.start_soon(self._fetch_owner, backend)
             size, mtime = await self._stat(backend)
@@ -150,7 +136,7 @@ class ObjectFile(FileNode):
         """Change xattrs without touching the mtime (RADOS would stamp "now"; in POSIX
         only ctime changes): chmod after utimens, as rsync does, keeps the time."""
         io, oid = await self._head()
-        (await self.backend()).forget_version()
+        (await self.stored_backend()).forget_version()
         _, mtime = await stat_object(self.fs.bridge, io, oid)
         await self.fs.bridge.run(operate, io, oid, build, mtime)
 
@@ -167,7 +153,7 @@ class ObjectFile(FileNode):
     async def _store(self, make) -> None:
         """Store a new record: `make(stored_mtime)` gives (record, RADOS mtime to keep)."""
         io, oid = await self._head()
-        (await self.backend()).forget_version()
+        (await self.stored_backend()).forget_version()
         await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
         _, stored = await stat_object(self.fs.bridge, io, oid)
         record, stamp = make(stored)
@@ -226,16 +212,8 @@ class ObjectFile(FileNode):
         RADOS (`PageCache.detach`): they read what it held, their writes stay in memory,
         and nothing they do reaches the removed object or a new file of the same name.
         """
-        if self._orphan is not None:
-            raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed already")
-        key = self.backend_key
         backend = await self.backend()
-        f = self.fs.cache.get(key)
-        if f is not None and f.opens > 0:
-            await self.fs.cache.detach(f)
-            self._orphan = f
-        else:
-            await self.fs.cache.forget(key)
+        await self.keep_while_open()
         await backend.remove()
 
     async def rename_to(self, target: FileNode) -> None:

@@ -61,6 +61,7 @@ class PoolDir(DirNode):
         self.record: Ownership = NO_OVERRIDE
         self.stored: float | None = None
         self._fresh_at = -1e9
+        self._denied_logged = False
 
     async def ioctx(self) -> rados.Ioctx:
         if self.view is not None:
@@ -120,7 +121,19 @@ class PoolDir(DirNode):
                 # Looked up in the mount root, whose lookups the kernel serializes: a pool
                 # that does not answer must not stall every other pool's lookup.
                 with trio.move_on_after(POOL_META_WAIT) as scope:
-                    await self._read_dir()
+                    try:
+                        await self._read_dir()
+                    except RadosFSError as exc:
+                        if exc.errno not in (errno.EACCES, errno.EPERM):
+                            raise
+                        # A pool this user may not read is still a pool: the root lists
+                        # it with the mount's defaults; its own listing says EACCES/EPERM.
+                        if not self._denied_logged:
+                            self._denied_logged = True
+                            log.warning("pool %s: its directory's record cannot be read "
+                                        "(%s); shown with the mount's defaults", self.pool,
+                                        errno.errorcode[exc.errno])
+                        self.remember_dir(None, NO_OVERRIDE)
                 if scope.cancelled_caught:
                     log.warning("pool %s: its directory's record did not arrive within "
                                 "%.0f s; showing what was last read", self.pool,

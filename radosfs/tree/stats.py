@@ -59,10 +59,10 @@ class StatsFile(FileNode):
         self._counters = counters
 
     @property
-    def backend_key(self) -> StoreKey:
+    def stored_key(self) -> StoreKey:
         return StatsBackend.key
 
-    async def backend(self) -> StatsBackend:
+    async def stored_backend(self) -> StatsBackend:
         text = json.dumps(self._counters(), indent=1, sort_keys=True) + "\n"
         return StatsBackend(text.encode())
 
