@@ -17,7 +17,7 @@ _PASS_THROUGH = {
     errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EINVAL,
     errno.EBUSY, errno.ETIMEDOUT, errno.ENOTDIR, errno.EISDIR, errno.ENODATA,
     errno.E2BIG, errno.ERANGE, errno.EXDEV, errno.ENOTSUP, errno.ENOSYS, errno.EMSGSIZE,
-    errno.EIO, errno.ENOTCONN,
+    errno.EIO, errno.ENOTCONN, errno.ESTALE,
 }
 
 

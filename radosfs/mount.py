@@ -11,8 +11,6 @@ and a non-zero exit. See docs/options.md and mount.radosfs(8).
 from __future__ import annotations
 
 import argparse
-import ctypes
-import errno
 import faulthandler
 import json
 import logging
@@ -48,27 +46,25 @@ except ImportError as _exc:
 
 from .cache import PageCache
 from .client.bridge import Bridge
-from .client.connection import ClientConfig, ConnectError, Connection, open_cluster
+from .client.connection import ConnectError, Connection, open_cluster
 from .operations import Operations
 from .store.keys import IMAGE
-from .options import HELP, KERNEL_FLAGS, MountOptions, OptionError, parse_options
+from .options import HELP, KERNEL_FLAGS, MountOptions, OptionError
 from .tree.context import MountContext
 from .tree.kinds import NodeKinds
+from .command.logs import log_target, reopen_logs, setup_logging
+from .command.process import name_process, sd_notify, tame_malloc
+from .command.setup import (MountError, check_mountpoint, client_config, fuse_options,
+                            keyring_warning, resolve_options)
 
 log = logging.getLogger("radosfs")
 
-# Where a background daemon logs when neither -o log= nor syslog nor the journal is there.
-FALLBACK_LOG = "/var/log/radosfs.log"
 
 READY_TIMEOUT = 30.0   # the parent waits this long for the daemon to report
 # The bridge's deadline is op_timeout plus this: librados' own timeouts (set to op_timeout)
 # normally answer first, so the bridge abandons only calls librados does not bound.
 TIMEOUT_GRACE = 1.0
 SHUTDOWN_TIMEOUT = 10.0  # Rados.shutdown() may wait for a cluster that is gone
-
-
-class MountError(Exception):
-    """A one-line reason the mount could not be made."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,198 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", dest="fstype", help=argparse.SUPPRESS)
     p.add_argument("-N", dest="namespace", help=argparse.SUPPRESS)
     return p
-
-
-def resolve_options(args: argparse.Namespace) -> MountOptions:
-    mo = MountOptions()
-    if args.source not in ("none", "radosfs", "ceph", ""):
-        mo.name = args.source if "." in args.source else f"client.{args.source}"
-    mo = parse_options(args.options, mo)
-    if args.log:
-        mo.log = args.log
-    if mo.conf is None:
-        default = f"/etc/ceph/{mo.cluster}.conf"
-        mo.conf = os.environ.get("CEPH_CONF") or default
-        if mo.mon_host and not os.path.isfile(mo.conf):
-            mo.conf = None          # mon_host= and a key: no conf file needed
-    if mo.conf is not None and not os.path.isfile(mo.conf):
-        raise MountError(f"ceph configuration {mo.conf} not found (use -o conf=PATH, or "
-                         f"mon_host= with keyring= or secretfile=)")
-    for what, path in (("keyring", mo.keyring), ("secretfile", mo.secretfile)):
-        if path is None:
-            continue
-        if not os.path.exists(path):
-            raise MountError(f"{what} {path} not found")
-        try:
-            with open(path, "rb") as f:
-                f.read(1)
-        except OSError as exc:
-            raise MountError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if mo.log not in (None, "stderr", "syslog"):
-        mo.log = os.path.abspath(mo.log)
-        try:
-            open(mo.log, "a").close()
-        except OSError as exc:
-            raise MountError(f"cannot open log file {mo.log}: {exc.strerror}") from None
-    elif mo.log == "syslog" and not os.path.exists("/dev/log"):
-        raise MountError("log=syslog: there is no syslog here (/dev/log is missing)")
-    # The daemon changes to / before librados reads them.
-    if mo.conf is not None:
-        mo.conf = os.path.abspath(mo.conf)
-    if mo.keyring is not None:
-        mo.keyring = os.path.abspath(mo.keyring)
-    if mo.secretfile is not None:
-        mo.secretfile = os.path.abspath(mo.secretfile)
-    return mo
-
-
-def _clear_dead_mount(path: str) -> None:
-    """A FUSE mount whose daemon is gone (killed) answers ENOTCONN: unmount it."""
-    try:
-        os.stat(path)
-        return
-    except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            return
-    res = subprocess.run(["fusermount3", "-u", path], capture_output=True, timeout=30)
-    if res.returncode != 0:
-        raise MountError(f"mountpoint {path} is a dead mount (its daemon is gone); "
-                         f"clear it with: fusermount3 -u {path}")
-
-
-def keyring_warning(keyring: str | None) -> str | None:
-    """A warning when the keyring file can be read by users other than its owner."""
-    if keyring is None:
-        return None
-    try:
-        mode = os.stat(keyring).st_mode
-    except OSError:
-        return None
-    if mode & 0o044:
-        return (f"keyring {keyring} is readable by {'others' if mode & 0o004 else 'its group'}"
-                f" (mode {mode & 0o777:03o}): anyone who can read it can act as this user; "
-                f"chmod 600 it")
-    return None
-
-
-def read_secret(path: str) -> str:
-    """The key of a secretfile= (just the base64 key, as mount.ceph takes it; a keyring
-    file works too). Never logged, never in a message."""
-    try:
-        text = open(path).read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MountError(f"cannot read secretfile {path}: "
-                         f"{getattr(exc, 'strerror', None) or 'not text'}") from None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("key") and "=" in line:
-            line = line.split("=", 1)[1].strip()
-        if line and not line.startswith(("[", "#", ";")) and " " not in line:
-            return line
-    raise MountError(f"secretfile {path} holds no key")
-
-
-def client_config(mo: MountOptions) -> ClientConfig:
-    return ClientConfig(conf=mo.conf, name=mo.name, keyring=mo.keyring,
-                        connect_timeout=mo.connect_timeout, op_timeout=mo.op_timeout,
-                        cluster=mo.cluster, mon_host=mo.mon_host,
-                        key=read_secret(mo.secretfile) if mo.secretfile else None,
-                        ceph_options=dict(mo.ceph))
-
-
-def check_mountpoint(path: str) -> str:
-    path = os.path.abspath(path)
-    _clear_dead_mount(path)
-    if not os.path.exists(path):
-        raise MountError(f"mountpoint {path} does not exist")
-    if not os.path.isdir(path):
-        raise MountError(f"mountpoint {path} is not a directory")
-    if os.path.ismount(path):
-        raise MountError(f"mountpoint {path} is busy (something is mounted there)")
-    return path
-
-
-def fuse_options(mo: MountOptions, source: str) -> set[str]:
-    """What libfuse is given. The source is kept as the fsname (even `none`) so that
-    mount(8) finds an fstab line mounted already: a second `mount -a` is a no-op."""
-    opts = set(pyfuse3.default_options) - {"default_permissions"}
-    opts |= {f"fsname={mo.fsname or source or 'none'}", f"subtype={mo.subtype}"}
-    opts |= mo.fuse
-    opts |= mo.kernel_flags()
-    if "allow_other" in mo.fuse:
-        opts.add("default_permissions")
-    if mo.ro:
-        opts.add("ro")
-    if mo.debug:
-        opts.add("debug")   # libfuse's request trace, to stderr (-f or log=stderr)
-    return opts
-
-
-class OneLineFormatter(logging.Formatter):
-    """One line per event: newlines (tracebacks too) and other control characters are
-    escaped, so a name with a newline or raw bytes cannot forge or break log lines."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return text.translate(_ESCAPES)
-
-
-_ESCAPES = {c: f"\\x{c:02x}" for c in range(32)} | {10: "\\n", 9: "\\t", 127: "\\x7f"}
-
-
-def _journal_stderr() -> bool:
-    """Whether stderr is the systemd journal (JOURNAL_STREAM names its device:inode)."""
-    js = os.environ.get("JOURNAL_STREAM", "")
-    try:
-        st = os.fstat(2)
-        dev, ino = (int(x) for x in js.split(":"))
-    except (OSError, ValueError):
-        return False
-    return (st.st_dev, st.st_ino) == (dev, ino)
-
-
-def log_target(mo: MountOptions, foreground: bool) -> str:
-    """Where the daemon logs: `stderr`, `syslog` or a path (see mount.radosfs(8))."""
-    if mo.log:
-        return mo.log
-    if foreground or _journal_stderr():
-        return "stderr"
-    if os.path.exists("/dev/log"):
-        return "syslog"
-    return FALLBACK_LOG   # a background daemon's stderr is /dev/null: never log nowhere
-
-
-def setup_logging(target: str, level: str | None, debug: bool) -> None:
-    root = logging.getLogger()
-    root.handlers.clear()
-    fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    if target == "stderr":
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-    elif target == "syslog":
-        handler = logging.handlers.SysLogHandler("/dev/log")
-        fmt = "radosfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
-    else:
-        # Reopens the file when logrotate has moved it away; SIGHUP reopens it too.
-        handler = logging.handlers.WatchedFileHandler(target)
-    handler.setFormatter(OneLineFormatter(fmt))
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG if debug else getattr(logging, (level or "info").upper()))
-
-
-def reopen_logs() -> None:
-    """SIGHUP: reopen log files (logrotate's `postrotate kill -HUP`)."""
-    for h in logging.getLogger().handlers:
-        if isinstance(h, logging.FileHandler):
-            h.acquire()
-            try:
-                if h.stream:
-                    h.stream.close()
-                h.stream = h._open()
-                if isinstance(h, logging.handlers.WatchedFileHandler):
-                    h._statstream()
-            finally:
-                h.release()
-    log.info("SIGHUP: log reopened")
 
 
 async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
@@ -381,24 +185,6 @@ async def _signals(nursery: trio.Nursery) -> None:
             return
 
 
-def tame_malloc() -> None:
-    """Give freed I/O buffers back to the system.
-
-    librados and our cache allocate and free MiB-sized buffers on many threads. glibc's
-    default raises its mmap threshold after such frees and keeps the memory in per-thread
-    arenas, so the daemon's RSS grew to several times the cache budget. A fixed threshold
-    (which also turns the dynamic one off) and few arenas keep RSS near the budget.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
-    libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 20)
-    libc.mallopt(M_ARENA_MAX, 2)
-
-
 def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     """Connect, mount and serve; `ready(err)` is called once with None or a message."""
     faulthandler.register(signal.SIGUSR1)
@@ -470,32 +256,6 @@ def main(argv: list[str] | None = None) -> int:
                 sd_notify(f"READY=1\nSTATUS=serving {mountpoint}\nMAINPID={os.getpid()}")
         return run_daemon(mo, mountpoint, args.source, ready)
     return _daemonize(mo, mountpoint, args)
-
-
-def name_process(mountpoint: str) -> None:
-    """`radosfs` as the process name (ps -o comm, top, pgrep radosfs). The command line
-    keeps `python -m radosfs.mount SOURCE MOUNTPOINT ...`: Python cannot rewrite it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(15, b"radosfs", 0, 0, 0)   # PR_SET_NAME: 15 bytes of comm
-    except (OSError, AttributeError):
-        pass
-
-
-def sd_notify(message: str) -> None:
-    """Tell systemd (Type=notify, NotifyAccess=all for the forked daemon) we are ready."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    import socket
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(message.encode())
-    except OSError as exc:
-        log.warning("sd_notify to %s failed: %s", path, exc)
 
 
 def remount(args: argparse.Namespace) -> int:

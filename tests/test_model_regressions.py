@@ -281,3 +281,40 @@ def test_image_read_after_unlink_returns_what_was_written_or_fails(mnt, image_po
         assert got == bytes(60499) + b"\xe1"
     finally:
         close_quietly(fd)
+
+
+def test_second_mount_opens_the_image_now_at_a_name_replaced_elsewhere(mnt, m2, image_pool):
+    """Found by the long model run (image pool, 6,651 steps in): the second mount had
+    read image `a`; the first replaced it (rename over it); the second mount's `cat a`,
+    within the kernel's entry timeout, opened the old image (still readable by id in the
+    trash: its 0 bytes instead of the new file; once purged: ENOENT for a name that exists).
+    Now open checks the name's image id: ESTALE makes the kernel look the name up again."""
+    a, b = mnt / image_pool / "a", mnt / image_pool / "b"
+    a.write_bytes(b"")
+    assert (m2 / image_pool / "a").read_bytes() == b""
+    data = os.urandom(552414)
+    b.write_bytes(data)
+    deadline = time.monotonic() + 20
+    while True:
+        os.stat(m2 / image_pool / "a")  # m2's dentry of `a`: fresh for the next second
+        try:
+            os.rename(b, a)  # EBUSY while m2 still has its old `a` open (idle close, 5 s)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    for _ in range(3):  # within the 1 s entry timeout of the dentry m2 has
+        assert (m2 / image_pool / "a").read_bytes() == data
+    deadline = time.monotonic() + 20
+    while True:
+        os.stat(m2 / image_pool / "a")
+        try:
+            os.unlink(a)  # removed elsewhere: m2's fresh dentry must not open the old one
+            break
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    with pytest.raises(FileNotFoundError):
+        (m2 / image_pool / "a").read_bytes()

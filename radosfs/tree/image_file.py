@@ -8,11 +8,13 @@ from typing import Any, Callable
 import rbd
 
 from ..client.bridge import concurrently
+from ..cache import CachedFile
 from ..errors import RadosFSError
 from ..store.image_backend import ImageBackend
 from ..store.keys import StoreKey
 from ..store.ownership import ATTRS_XATTR, Ownership, check_time, now_ns
-from ..store.rbd_cls import image_attrs, image_metadata, image_metadata_get, image_record
+from ..store.rbd_cls import (image_attrs, image_id_of, image_metadata, image_metadata_get,
+                              image_record)
 from .base import FileNode
 from .context import MountContext
 from .inodes import image_key
@@ -133,6 +135,32 @@ class ImageFile(FileNode):
                 check_time(t)
         await self._store(lambda stored: self.owner.with_times(
             stored, int(stored), atime, mtime, now_ns()))
+
+    async def open(self, writable: bool, truncate: bool) -> tuple[CachedFile, bool]:
+        await self._check_current()
+        return await super().open(writable, truncate)
+
+    async def _check_current(self) -> None:
+        """Close-to-open by name: an image removed, or renamed over, by another client
+        since the kernel looked the name up is another file now (the old one may even
+        still be readable by id, in the trash). ESTALE makes the kernel look the name up
+        again and open what it is now."""
+        if self.snapshot is not None or self.orphaned or self.created is not None:
+            return
+        f = self.fs.cache.get(self.stored_key)
+        if f is not None and f.opens > 0:
+            return  # open here already: the descriptors keep the file they opened
+        io = await self.fs.images.ioctx(self.pool)
+        try:
+            current: str | None = await image_id_of(self.fs.bridge, io, self.name)
+        except RadosFSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            current = None
+        if current != self.image_id:
+            self.fs.table.drop(self.key)
+            raise RadosFSError(errno.ESTALE, f"image {self.pool}/{self.name} was replaced "
+                                             f"or removed by another client")
 
     async def remove(self) -> None:
         """Remove the image; see ImagePools.remove_image for the errnos (EBUSY).
