@@ -20,6 +20,7 @@ import os
 import sys
 
 from . import __version__
+from .command.process import radosfs_mounts
 
 STATS_NAME = ".radosfs-stats"
 FLUSH_XATTR = "user.radosfs.flush"
@@ -28,22 +29,6 @@ COMMANDS = ("status", "stats", "flush", "snap", "mount", "cluster")
 
 class CliError(Exception):
     pass
-
-
-def radosfs_mounts() -> list[tuple[str, str, str]]:
-    """(mountpoint, source, kernel options) of every radosfs mount, from mountinfo."""
-    out = []
-    try:
-        lines = open("/proc/self/mountinfo").read().splitlines()
-    except OSError:
-        return out
-    for line in lines:
-        fields = line.split()
-        sep = fields.index("-")
-        if fields[sep + 1].startswith("fuse.radosfs"):
-            unescape = (lambda t: t.encode().decode("unicode_escape"))
-            out.append((unescape(fields[4]), unescape(fields[sep + 2]), fields[5]))
-    return out
 
 
 def pick_mount(mountpoint: str | None) -> str:

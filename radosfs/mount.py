@@ -53,7 +53,7 @@ from .options import HELP, KERNEL_FLAGS, MountOptions, OptionError
 from .tree.context import MountContext
 from .tree.kinds import NodeKinds
 from .command.logs import log_target, reopen_logs, setup_logging
-from .command.process import name_process, sd_notify, tame_malloc
+from .command.process import name_process, radosfs_mounts, sd_notify, tame_malloc
 from .command.setup import (MountError, check_mountpoint, client_config, fuse_options,
                             keyring_warning, resolve_options)
 
@@ -279,7 +279,7 @@ def remount(args: argparse.Namespace) -> int:
             flags[o[2:] if o.startswith("no") else o] = o
     if ro is None:
         return fail("say ro or rw (only the read-only flag can change on a live mount)")
-    if not _is_radosfs_mount(mountpoint):
+    if mountpoint not in [mp for mp, _, _ in radosfs_mounts()]:
         return fail(f"{mountpoint} is not a radosfs mount")
     try:
         daemon_ro = json.loads(open(os.path.join(mountpoint, ".radosfs-stats")).read())[
@@ -298,20 +298,6 @@ def remount(args: argparse.Namespace) -> int:
         return fail(res.stderr.strip().splitlines()[-1] if res.stderr.strip()
                     else f"mount exited with {res.returncode}")
     return 0
-
-
-def _is_radosfs_mount(mountpoint: str) -> bool:
-    try:
-        lines = open("/proc/self/mountinfo").read().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        fields = line.split()
-        sep = fields.index("-")
-        mp = fields[4].encode().decode("unicode_escape")
-        if mp == mountpoint and fields[sep + 1].startswith("fuse.radosfs"):
-            return True
-    return False
 
 
 def _daemonize(mo: MountOptions, mountpoint: str, args: argparse.Namespace) -> int:

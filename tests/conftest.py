@@ -59,6 +59,36 @@ def _remove_big_files(request):
                 pass
 
 
+@pytest.fixture(scope="module")
+def fault_cluster():
+    """A cluster of the module's own, for tests that stop and start its daemons (never the
+    session's): bluestore on a file, so the OSD keeps its data across a restart."""
+    base = Path(tempfile.mkdtemp(prefix="rf-faults-"))
+    c = LocalCluster(base / "c", store="bluestore", bluestore_bytes=4 << 30,
+                     extra_conf="osd fast shutdown = false")
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def restore_daemons(cluster: LocalCluster) -> None:
+    """Whatever a test stopped is started again (mon first: the OSD boots through it)."""
+    for kind in ("mon", "osd"):
+        if cluster.daemon_pid(kind) is None:
+            cluster.start_daemon(kind)
+
+
+@pytest.fixture
+def fcluster(fault_cluster):
+    """The fault cluster with every daemon running, before and after the test."""
+    restore_daemons(fault_cluster)
+    yield fault_cluster
+    restore_daemons(fault_cluster)
+
+
 class Mount(MountProcess):
     """A radosfs mount made by the real mount command, unmounted on close."""
 

@@ -15,18 +15,16 @@ import errno
 import hashlib
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
 
 import pytest
 
-from conftest import Mount, run
+from conftest import Mount, restore_daemons, run
 from radosfs.dev.cluster import LocalCluster
 from radosfs.dev.mount_process import REPO, daemon_pids, env_with_repo
 from test_faults_timeouts import _alive, _wait_exit, daemon_pid
@@ -34,32 +32,6 @@ from test_faults_timeouts import _alive, _wait_exit, daemon_pid
 LONG = bool(os.environ.get("RADOSFS_LONG_FAULTS"))
 COPY_MIB = 300 if LONG else 48
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def fault_cluster():
-    base = pathlib.Path(tempfile.mkdtemp(prefix="rf-faults2-"))
-    c = LocalCluster(base / "c", store="bluestore", bluestore_bytes=4 << 30,
-                     extra_conf="osd fast shutdown = false")
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _restore(cluster: LocalCluster) -> None:
-    for kind in ("mon", "osd"):
-        if cluster.daemon_pid(kind) is None:
-            cluster.start_daemon(kind)
-
-
-@pytest.fixture
-def fcluster(fault_cluster):
-    _restore(fault_cluster)
-    yield fault_cluster
-    _restore(fault_cluster)
 
 
 @pytest.fixture
@@ -72,7 +44,7 @@ def fmount(fcluster, tmp_path):
         return m
 
     yield make
-    _restore(fcluster)
+    restore_daemons(fcluster)
     for m in mounts:
         pid = m.pid
         m.close()
@@ -96,7 +68,7 @@ def _new_pool(cluster: LocalCluster, image: bool = False) -> str:
 def fpool(fcluster):
     name = _new_pool(fcluster)
     yield name
-    _restore(fcluster)
+    restore_daemons(fcluster)
     fcluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
 
 
@@ -104,7 +76,7 @@ def fpool(fcluster):
 def fimage_pool(fcluster):
     name = _new_pool(fcluster, image=True)
     yield name
-    _restore(fcluster)
+    restore_daemons(fcluster)
     fcluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
 
 

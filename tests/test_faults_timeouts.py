@@ -14,18 +14,15 @@ from __future__ import annotations
 import errno
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
 import pytest
 
-from conftest import Mount, run
-from radosfs.dev.cluster import LocalCluster
+from conftest import Mount, restore_daemons, run
 
 OP_TIMEOUT = 5
 # What one failing call may take: the bridge's deadline (op_timeout + 1 s of grace), plus
@@ -33,33 +30,6 @@ OP_TIMEOUT = 5
 # for a loaded 2-core machine.
 BOUND = OP_TIMEOUT + 1 + 3 + 3
 EXIT_BOUND = 3 * OP_TIMEOUT + 15   # write-back + image closes + librados shutdown
-
-
-@pytest.fixture(scope="module")
-def fault_cluster():
-    base = pathlib.Path(tempfile.mkdtemp(prefix="rf-faults-"))
-    c = LocalCluster(base / "c", store="bluestore", bluestore_bytes=4 << 30,
-                     extra_conf="osd fast shutdown = false")
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def _restore(cluster: LocalCluster) -> None:
-    """Whatever a test stopped is started again (mon first: the OSD boots through it)."""
-    for kind in ("mon", "osd"):
-        if cluster.daemon_pid(kind) is None:
-            cluster.start_daemon(kind)
-
-
-@pytest.fixture
-def fcluster(fault_cluster):
-    _restore(fault_cluster)
-    yield fault_cluster
-    _restore(fault_cluster)
 
 
 def daemon_pid(mount: Mount) -> int:
@@ -97,7 +67,7 @@ def fmount(fcluster, tmp_path):
         return m
 
     yield make
-    _restore(fcluster)
+    restore_daemons(fcluster)
     for m, pid in mounts:
         m.close()
         deadline = time.monotonic() + EXIT_BOUND
@@ -115,7 +85,7 @@ def fpool(fcluster):
     fcluster.ceph("osd", "pool", "create", name, "8")
     fcluster.ceph("osd", "pool", "application", "enable", name, "test")
     yield name
-    _restore(fcluster)
+    restore_daemons(fcluster)
     fcluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
 
 

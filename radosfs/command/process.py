@@ -1,5 +1,6 @@
 """The daemon as a process of the system: its name in ps, readiness for systemd
-(sd_notify), and malloc settings that keep its RSS near the cache budget."""
+(sd_notify), malloc settings that keep its RSS near the cache budget, and which radosfs
+mounts the system has (no Ceph binding needed: the `radosfs` command uses it too)."""
 from __future__ import annotations
 
 import ctypes
@@ -53,3 +54,19 @@ def sd_notify(message: str) -> None:
             s.sendall(message.encode())
     except OSError as exc:
         log.warning("sd_notify to %s failed: %s", path, exc)
+
+
+def radosfs_mounts() -> list[tuple[str, str, str]]:
+    """(mountpoint, source, kernel options) of every radosfs mount, from mountinfo."""
+    out = []
+    try:
+        lines = open("/proc/self/mountinfo").read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        fields = line.split()
+        sep = fields.index("-")
+        if fields[sep + 1].startswith("fuse.radosfs"):
+            unescape = (lambda t: t.encode().decode("unicode_escape"))
+            out.append((unescape(fields[4]), unescape(fields[sep + 2]), fields[5]))
+    return out
