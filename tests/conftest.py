@@ -2,10 +2,12 @@
 `mount.radosfs` command, and helpers that check results through the cluster's own CLIs."""
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -87,6 +89,23 @@ def fcluster(fault_cluster):
     restore_daemons(fault_cluster)
     yield fault_cluster
     restore_daemons(fault_cluster)
+
+
+def fsync_retrying(path, deadline: float) -> None:
+    """fsync `path` until the cluster has its data: EDQUOT/ENOSPC (a quota being lifted)
+    are retried every second until `deadline` (time.monotonic()), then raised."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EDQUOT, errno.ENOSPC) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 class Mount(MountProcess):

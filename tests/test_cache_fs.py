@@ -13,13 +13,6 @@ import time
 from conftest import run
 
 
-def daemon_pid(mount) -> int:
-    out = subprocess.run(["pgrep", "-f", f"radosfs.mount none {mount.path}"],
-                         capture_output=True, text=True).stdout.split()
-    assert out, "radosfs daemon not found"
-    return int(out[0])
-
-
 def rss_bytes(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -139,7 +132,8 @@ def test_rados_striper_put_shows_as_one_file(mnt, pool, cluster, tmp_path):
 def test_cache_limit_holds_during_large_copy(mount_factory, pool, tmp_path):
     """RSS stays below cache_size + 150 MiB while a file 3x the cache is copied in and out."""
     m = mount_factory("cache_size=64M")
-    pid = daemon_pid(m)
+    pid = m.pid
+    assert pid is not None
     src = tmp_path / "src"
     with open(src, "wb") as f:
         for _ in range(192):

@@ -10,7 +10,7 @@ import uuid
 
 import pytest
 
-from conftest import run
+from conftest import fsync_retrying, run
 
 
 @pytest.fixture
@@ -73,18 +73,7 @@ def test_quota_gives_edquot_and_keeps_the_data(mnt, pool, cluster, tmp_path):
     assert written, "no file was created at all"
     deadline = time.monotonic() + 90
     for name in written:
-        while True:
-            try:
-                fd = os.open(name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EDQUOT, errno.ENOSPC) or time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        fsync_retrying(name, deadline)
     for name in written:
         size = run(["rados", "-p", pool, "stat", name.name], cluster).stdout.split()[-1]
         assert size == str(1 << 20).encode(), f"{name.name}: {size!r} bytes in RADOS"

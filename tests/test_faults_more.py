@@ -24,10 +24,10 @@ import uuid
 
 import pytest
 
-from conftest import Mount, restore_daemons, run
+from conftest import Mount, fsync_retrying, restore_daemons, run
 from radosfs.dev.cluster import LocalCluster
 from radosfs.dev.mount_process import REPO, daemon_pids, env_with_repo
-from test_faults_timeouts import _alive, _wait_exit, daemon_pid
+from test_faults_timeouts import _alive, _wait_exit
 
 LONG = bool(os.environ.get("RADOSFS_LONG_FAULTS"))
 COPY_MIB = 300 if LONG else 48
@@ -146,7 +146,8 @@ def test_quota_refused_writes_leave_no_trace_and_memory_is_capped(fcluster, fmou
     per file; nothing refused lands once the quota is lifted; rm works under the quota."""
     import json
     m = fmount("op_timeout=10,cache_size=64M")
-    pid = daemon_pid(m)
+    pid = m.pid
+    assert pid is not None
     d = m / fpool
     fcluster.ceph("osd", "pool", "set-quota", fpool, "max_bytes", str(8 * MiB))
     # Fill the pool until the OSDs learn of the quota (their next statistics report).
@@ -192,19 +193,8 @@ def test_quota_refused_writes_leave_no_trace_and_memory_is_capped(fcluster, fmou
     deadline = time.monotonic() + 90
     for idx, accepted, err, where in results:
         name = d / f"q{idx}"
-        while os.path.exists(name):
-            try:
-                fd = os.open(name, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EDQUOT, errno.ENOSPC) or \
-                        time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        if os.path.exists(name):
+            fsync_retrying(name, deadline)
     time.sleep(1)
     for idx, accepted, err, where in results:
         size = rados_size(fcluster, fpool, f"q{idx}")

@@ -32,21 +32,6 @@ BOUND = OP_TIMEOUT + 1 + 3 + 3
 EXIT_BOUND = 3 * OP_TIMEOUT + 15   # write-back + image closes + librados shutdown
 
 
-def daemon_pid(mount: Mount) -> int:
-    """The pid of the mount's radosfs daemon (found by its command line)."""
-    needle = str(mount.path).encode()
-    for entry in pathlib.Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"radosfs.mount" in argv and needle in argv:
-            return int(entry.name)
-    raise AssertionError(f"no radosfs daemon for {mount.path}")
-
-
 def _alive(pid: int) -> bool:
     try:
         return b"radosfs.mount" in pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -63,7 +48,7 @@ def fmount(fcluster, tmp_path):
     def make(options: str = "") -> Mount:
         m = Mount(fcluster, tmp_path / f"m{len(mounts)}",
                   f"op_timeout={OP_TIMEOUT}" + (f",{options}" if options else ""))
-        mounts.append((m, daemon_pid(m)))
+        mounts.append((m, m.pid))
         return m
 
     yield make
@@ -209,7 +194,7 @@ def test_fusermount_with_cluster_down_logs_loss_and_exits(fcluster, fmount, fpoo
     `fusermount3 -u` works, and the daemon logs the file it could not write back and
     exits within a bound."""
     m = fmount()
-    pid = daemon_pid(m)
+    pid = m.pid
     w = _writer(m / fpool / "unwritten")
     fcluster.stop_daemon("osd")
     fcluster.stop_daemon("mon")
@@ -232,7 +217,7 @@ def test_sigterm_with_cluster_down_exits(fcluster, fmount, fpool):
     the daemon logs the file, unmounts and exits within a bound; the writer gets an
     error instead of hanging."""
     m = fmount()
-    pid = daemon_pid(m)
+    pid = m.pid
     w = _writer(m / fpool / "open-at-exit")
     fcluster.stop_daemon("osd")
     fcluster.stop_daemon("mon")
