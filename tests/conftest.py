@@ -24,16 +24,23 @@ def pytest_configure(config):
             raise pytest.UsageError(f"{tool} not installed: run scripts/setup first")
 
 
-@pytest.fixture(scope="session")
-def cluster():
-    base = Path(tempfile.mkdtemp(prefix="radosfs-test-"))
-    c = LocalCluster(base / "cluster", store="memstore", memstore_bytes=6 << 30)
+def own_cluster(prefix: str, sub: str, **kw):
+    """Fixture body: a local cluster in a temp dir of its own, stopped (by pid) and removed
+    afterwards. Use as `yield from own_cluster(...)`."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    c = LocalCluster(base / sub, **kw)
     c.start()
     try:
         yield c
     finally:
         c.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    yield from own_cluster("radosfs-test-", "cluster", store="memstore",
+                           memstore_bytes=6 << 30)
 
 
 BIG_FILE = 8 << 20   # bytes on disk: files this big are removed when their test ends
@@ -65,15 +72,8 @@ def _remove_big_files(request):
 def fault_cluster():
     """A cluster of the module's own, for tests that stop and start its daemons (never the
     session's): bluestore on a file, so the OSD keeps its data across a restart."""
-    base = Path(tempfile.mkdtemp(prefix="rf-faults-"))
-    c = LocalCluster(base / "c", store="bluestore", bluestore_bytes=4 << 30,
-                     extra_conf="osd fast shutdown = false")
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    yield from own_cluster("rf-faults-", "c", store="bluestore", bluestore_bytes=4 << 30,
+                           extra_conf="osd fast shutdown = false")
 
 
 def restore_daemons(cluster: LocalCluster) -> None:

@@ -189,15 +189,21 @@ def _wait_exit(pid: int, limit: float) -> float:
     return time.monotonic() - t0
 
 
+def _writer_then_cluster_down(fcluster, path):
+    """A writer holding unwritten data in `path` open; then the OSD and the mon stop."""
+    w = _writer(path)
+    fcluster.stop_daemon("osd")
+    fcluster.stop_daemon("mon")
+    return w
+
+
 def test_fusermount_with_cluster_down_logs_loss_and_exits(fcluster, fmount, fpool):
     """The cluster gone with unwritten data: close() reports EIO within the bound,
     `fusermount3 -u` works, and the daemon logs the file it could not write back and
     exits within a bound."""
     m = fmount()
     pid = m.pid
-    w = _writer(m / fpool / "unwritten")
-    fcluster.stop_daemon("osd")
-    fcluster.stop_daemon("mon")
+    w = _writer_then_cluster_down(fcluster, m / fpool / "unwritten")
     out, _ = w.communicate("close\n", timeout=4 * BOUND)
     assert out.split()[:2] == ["error", str(errno.EIO)], out
     assert float(out.split()[2]) < BOUND, out
@@ -218,9 +224,7 @@ def test_sigterm_with_cluster_down_exits(fcluster, fmount, fpool):
     error instead of hanging."""
     m = fmount()
     pid = m.pid
-    w = _writer(m / fpool / "open-at-exit")
-    fcluster.stop_daemon("osd")
-    fcluster.stop_daemon("mon")
+    w = _writer_then_cluster_down(fcluster, m / fpool / "open-at-exit")
     os.kill(pid, signal.SIGTERM)
     took_exit = _wait_exit(pid, EXIT_BOUND)
     out, _ = w.communicate("close\n", timeout=30)
