@@ -96,7 +96,8 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
 
     Returns how many librados calls were abandoned and are still running."""
     # The collaborators are built here and injected (S3QL's mount.py is the model).
-    conn = Connection(handle, Bridge(op_timeout=fs_options.op_timeout, grace=TIMEOUT_GRACE))
+    conn = Connection(handle, Bridge(op_timeout=fs_options.op_timeout, grace=TIMEOUT_GRACE),
+                      namespace=fs_options.namespace)
     fs = MountContext(conn, fs_options, PageCache(fs_options.cache_size))
     fs.kinds = kinds = NodeKinds(fs)
     ops = Operations(fs, kinds.root())

@@ -63,6 +63,10 @@ class MountOptions:
     # scope
     pools: list[str] = field(default_factory=list)        # empty: every pool
     foreign_pools: str = "ro"
+    #: the RADOS namespace every pool is shown in (`rados -N`; in image pools the RBD
+    #: namespace, `rbd --namespace`); "" = the default one, with POOL/.ns/ and RBD
+    #: namespace directories
+    namespace: str = ""
 
     def kernel_flags(self) -> set[str]:
         return set(self.kernel.values())
@@ -95,6 +99,8 @@ HELP = {
     "allow_pool_delete": "let rmdir remove an empty pool (otherwise EPERM)",
     "pools=A:B": "mount only these pools (colon-separated; repeatable)",
     "foreign_pools=ro|rw|hide": "pools of other applications (cephfs, rgw, mgr): default ro",
+    "namespace=NS": "show and write only RADOS namespace NS of every pool (rados -N NS; "
+                    "the RBD namespace NS in image pools)",
     "connect_timeout=SECONDS": "give up connecting after this long (default 10)",
     "op_timeout=SECONDS": "a cluster operation fails with EIO after this long (default 30)",
     "attr_timeout=SECONDS": "how long the kernel caches names and attributes (default 1)",
@@ -252,6 +258,11 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
             raise OptionError(f"foreign_pools must be one of {', '.join(FOREIGN_CHOICES)}, "
                               f"not {value!r}")
         mo.foreign_pools = value
+    elif key == "namespace":
+        if not has_value:
+            raise OptionError("namespace needs a value: namespace=NS (namespace= for the "
+                              "default one)")
+        mo.namespace = value
     elif key == "log":
         mo.log = need()
     elif key == "log_level":

@@ -6,6 +6,7 @@ All three are set here from mount options, so no call made through the mount han
 """
 from __future__ import annotations
 
+import copy
 import errno
 import json
 import logging
@@ -115,47 +116,76 @@ def _connect_failure(exc: rados.Error, cfg: ClientConfig, name: str) -> str:
 
 
 class Connection:
-    """The connected cluster as the filesystem uses it: ioctxs, pools, stats."""
+    """The connected cluster as the filesystem uses it: ioctxs, pools, stats.
 
-    def __init__(self, handle: rados.Rados, bridge: Bridge) -> None:
+    Every ioctx and listing it hands out is in its RADOS `namespace` ("" = the default
+    one, `rados -N`); `in_namespace` gives a view of the same connection in another one
+    (same handle, ioctxs, listing handle). Pool-level calls (applications, pool snapshots,
+    create and delete) are the pool's whatever the namespace."""
+
+    def __init__(self, handle: rados.Rados, bridge: Bridge, namespace: str = "") -> None:
         self.handle = handle
         self.bridge = bridge
-        self._ioctx: dict[str, rados.Ioctx] = {}
+        self.namespace = namespace
+        self._ioctx: dict[tuple[str, str, int | None], rados.Ioctx] = {}
         self.lister = Lister(handle, entity_name_of(handle))
         self._osdmap_stale_logged = False
 
+    def in_namespace(self, namespace: str) -> Connection:
+        """This connection with its ioctxs and listings in `namespace` (shares all state)."""
+        if namespace == self.namespace:
+            return self
+        view = copy.copy(self)
+        view.namespace = namespace
+        return view
+
     async def list_names(self, pool: str, all_namespaces: bool = False,
                          limit: int | None = None) -> list[bytes]:
-        """The checked listing of a pool (see client/listing.py): every object name as
-        raw bytes, or RadosFSError if the listing did not complete. Listings are of HEAD
-        whatever an ioctx's read snapshot (librados ignores it for listings)."""
-        return await self.bridge.run(self.lister.list_names, pool, all_namespaces, limit)
+        """The checked listing of a pool (see client/listing.py): every object name of
+        our namespace (or of every namespace) as raw bytes, or RadosFSError if the
+        listing did not complete. Listings are of HEAD whatever an ioctx's read snapshot
+        (librados ignores it for listings)."""
+        return await self.bridge.run(self.lister.list_names, pool, all_namespaces, limit,
+                                     self.namespace)
+
+    async def list_namespaces(self, pool: str) -> set[bytes]:
+        """The RADOS namespaces of `pool` that hold at least one object (b"" = the
+        default one), from one checked listing of every namespace."""
+        return await self.bridge.run(self.lister.list_namespaces, pool)
+
+    async def open_ioctx(self, pool: str) -> rados.Ioctx:
+        """A new ioctx of the pool in our namespace, owned by the caller."""
+        io = await self.bridge.run(self.handle.open_ioctx, pool)
+        if self.namespace:
+            io.set_namespace(self.namespace)
+        return io
 
     async def ioctx(self, pool: str) -> rados.Ioctx:
-        """The shared ioctx of a pool (HEAD, default namespace)."""
-        io = self._ioctx.get(pool)
+        """The shared ioctx of a pool (HEAD, our namespace)."""
+        key = (pool, self.namespace, None)
+        io = self._ioctx.get(key)
         if io is None:
-            io = await self.bridge.run(self.handle.open_ioctx, pool)
+            io = await self.open_ioctx(pool)
             # Fail at once with EDQUOT/ENOSPC at a quota or a full cluster instead of
             # blocking every write (and delete) until the op timeout.
             io.set_osdmap_full_try()
-            io = self._ioctx.setdefault(pool, io)
+            io = self._ioctx.setdefault(key, io)
         return io
 
     async def snap_ioctx(self, pool: str, snap: str, snap_id: int) -> rados.Ioctx:
         """An ioctx that reads at a pool snapshot (read position is per-ioctx state)."""
-        key = f"{pool}@{snap}"
+        key = (pool, self.namespace, snap_id)
         io = self._ioctx.get(key)
         if io is None:
-            io = await self.bridge.run(self.handle.open_ioctx, pool)
+            io = await self.open_ioctx(pool)
             io.set_read(snap_id)
             io = self._ioctx.setdefault(key, io)
         return io
 
     def forget_pool(self, pool: str) -> None:
-        io = self._ioctx.pop(pool, None)
-        if io is not None:
-            io.close()
+        """The pool is gone: close its ioctxs, in every namespace and snapshot."""
+        for key in [k for k in self._ioctx if k[0] == pool]:
+            self._ioctx.pop(key).close()
 
     async def list_pools(self) -> list[str]:
         return await self.bridge.run(self.handle.list_pools)

@@ -121,13 +121,26 @@ class Lister:
             return c
 
     def list_names(self, pool: str, all_namespaces: bool = False,
-                   limit: int | None = None) -> list[bytes]:
-        """Every object name of `pool` (default namespace, or every namespace), as raw
-        bytes, in listing order; at most `limit` names when given (the first ones).
+                   limit: int | None = None, namespace: str = "") -> list[bytes]:
+        """Every object name of `pool` (in `namespace`, "" = the default one, or in every
+        namespace), as raw bytes, in listing order; at most `limit` names when given (the
+        first ones).
 
         Raises RadosFSError (EIO for a timeout, EPERM/EACCES, ENOENT for a pool that is
         gone, ...) when the listing did not complete, after one log line naming the pool
         and the cause. Never returns a short list."""
+        nspace = ALL_NAMESPACES if all_namespaces else namespace.encode()
+        return [name for name, _ in self._list(pool, nspace, limit)]
+
+    def list_namespaces(self, pool: str) -> set[bytes]:
+        """The namespaces of `pool` holding at least one object (b"" = the default one),
+        from a listing of every namespace: complete, or RadosFSError as list_names."""
+        return {ns for _, ns in self._list(pool, ALL_NAMESPACES, None)}
+
+    def _list(self, pool: str, nspace: bytes, limit: int | None
+              ) -> list[tuple[bytes, bytes]]:
+        """(name, namespace) of every object listed in `nspace` (a namespace's name, b""
+        for the default one, or ALL_NAMESPACES)."""
         lib = _librados()
         cluster = self._connect()
         io = ctypes.c_void_p()
@@ -136,8 +149,8 @@ class Lister:
             self._fail(pool, -rc, "opening the pool")
         ctx = ctypes.c_void_p()
         try:
-            if all_namespaces:
-                lib.rados_ioctx_set_namespace(io, ALL_NAMESPACES)
+            if nspace:
+                lib.rados_ioctx_set_namespace(io, nspace)
             rc = lib.rados_nobjects_list_open(io, ctypes.byref(ctx))
             if rc < 0:
                 self._fail(pool, -rc, "opening the listing")
@@ -148,12 +161,13 @@ class Lister:
         finally:
             lib.rados_ioctx_destroy(io)
 
-    def _drain(self, lib, pool: str, ctx: ctypes.c_void_p, limit: int | None) -> list[bytes]:
+    def _drain(self, lib, pool: str, ctx: ctypes.c_void_p, limit: int | None
+               ) -> list[tuple[bytes, bytes]]:
         entry = ctypes.POINTER(ctypes.c_char)()
         key = ctypes.POINTER(ctypes.c_char)()
         nspace = ctypes.POINTER(ctypes.c_char)()
         entry_len, key_len, nspace_len = ctypes.c_size_t(), ctypes.c_size_t(), ctypes.c_size_t()
-        names: list[bytes] = []
+        names: list[tuple[bytes, bytes]] = []
         while limit is None or len(names) < limit:
             rc = lib.rados_nobjects_list_next2(
                 ctx, ctypes.byref(entry), ctypes.byref(key), ctypes.byref(nspace),
@@ -162,7 +176,9 @@ class Lister:
                 break  # the end of the list: the only way a listing completes
             if rc < 0:
                 self._fail(pool, -rc, f"after {len(names)} names")
-            names.append(ctypes.string_at(entry, entry_len.value))
+            names.append((ctypes.string_at(entry, entry_len.value),
+                          ctypes.string_at(nspace, nspace_len.value)
+                          if nspace and nspace_len.value else b""))
         return names
 
     @staticmethod

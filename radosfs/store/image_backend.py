@@ -104,7 +104,8 @@ class ImageBackend:
         self.name = name or image_id
         # A snapshot view is keyed by the snapshot's id too: one removed and made again
         # under the same name is other data, never served from the old one's pages.
-        self.key = StoreKey.image(pool, image_id, snapshot, snap_id)
+        # (The RBD namespace is the ioctx's: the key cannot disagree with the image's.)
+        self.key = StoreKey.image(pool, image_id, snapshot, snap_id, ioctx.get_namespace())
         self.expected_snap_id = snap_id
         self.read_only = snapshot is not None
         self._probe = probe

@@ -6,6 +6,7 @@ thread, with librbd's exceptions turned into the errnos a filesystem caller expe
 """
 from __future__ import annotations
 
+import copy
 import errno
 import logging
 import math
@@ -37,7 +38,12 @@ class PoolContext:
 
 class ImagePools:
     """Image-pool state of one mount. `spawn()` gives the mount's nursery (or None) for the
-    backends' idle closers; `busy(key)` says whether the cache still needs an image open."""
+    backends' idle closers; `busy(key)` says whether the cache still needs an image open.
+
+    Its images are those of the connection's namespace: an RBD namespace is a RADOS
+    namespace (librbd keeps its directory, headers and data objects there), so librbd
+    given an ioctx in namespace NS works in RBD namespace NS, as `rbd --namespace NS`.
+    `in_namespace` gives a view in another one, sharing all state."""
 
     def __init__(self, conn: Connection, spawn: Callable[[], trio.Nursery | None],
                  busy: Callable[[StoreKey], bool]) -> None:
@@ -46,19 +52,36 @@ class ImagePools:
         self._spawn = spawn
         self._busy = busy
         self._apps: dict[str, tuple[bool, float]] = {}
-        self._pools: dict[str, PoolContext] = {}
+        self._pools: dict[tuple[str, str], PoolContext] = {}
         self._pool_lock = trio.Lock()
         self._backends: dict[StoreKey, ImageBackend] = {}
 
+    @property
+    def namespace(self) -> str:
+        return self.conn.namespace
+
+    def in_namespace(self, namespace: str) -> ImagePools:
+        """The images of RBD namespace `namespace` of every pool (shares all state)."""
+        if namespace == self.namespace:
+            return self
+        view = copy.copy(self)
+        view.conn = self.conn.in_namespace(namespace)
+        return view
+
+    def spec(self, pool: str, name: str = "") -> str:
+        """POOL[/NAMESPACE][/NAME] as the rbd CLI writes it (for log lines and errors)."""
+        return "/".join(p for p in (pool, self.namespace, name) if p)
+
     async def context(self, pool: str) -> PoolContext:
-        ctx = self._pools.get(pool)
+        key = (pool, self.namespace)
+        ctx = self._pools.get(key)
         if ctx is None:
             async with self._pool_lock:
-                ctx = self._pools.get(pool)
+                ctx = self._pools.get(key)
                 if ctx is None:
                     io = await self.conn.ioctx(pool)
-                    probe_io = await self.bridge.run(self.conn.handle.open_ioctx, pool)
-                    ctx = self._pools[pool] = PoolContext(pool, io, HeaderProbe(probe_io))
+                    probe_io = await self.conn.open_ioctx(pool)
+                    ctx = self._pools[key] = PoolContext(pool, io, HeaderProbe(probe_io))
         return ctx
 
     async def ioctx(self, pool: str) -> rados.Ioctx:
@@ -93,7 +116,7 @@ class ImagePools:
     async def backend(self, pool: str, image_id: str, name: str, snapshot: str | None = None,
                       snap_id: int | None = None) -> ImageBackend:
         """The one backend of an image (or of a snapshot view of it) in this mount."""
-        key = StoreKey.image(pool, image_id, snapshot, snap_id)
+        key = StoreKey.image(pool, image_id, snapshot, snap_id, self.namespace)
         b = self._backends.get(key)
         if b is None:
             ctx = await self.context(pool)
@@ -130,6 +153,13 @@ class ImagePools:
             await self.bridge.run(rbd.RBD().create, io, name, 0)
         except rbd.ImageExists:
             pass
+        except rbd.ObjectNotFound:
+            if not self.namespace:
+                raise
+            log.warning("pool %s has no RBD namespace %s: no image can be made in it (rbd "
+                        "namespace create %s)", pool, self.namespace, self.spec(pool))
+            raise RadosFSError(errno.ENOENT, f"no RBD namespace {self.spec(pool)}",
+                               logged=True) from None
 
     async def remove_image(self, pool: str, name: str) -> None:
         """Remove an image: the name goes at once, the data in the background.
@@ -143,18 +173,19 @@ class ImagePools:
         the mount purges it itself in the background. A client that opens the image
         between the check and the move keeps it in the trash (`rbd trash ls`)."""
         io = await self.ioctx(pool)
+        spec = self.spec(pool, name)
 
         def check_and_trash() -> str:
             try:
                 image = rbd.Image(io, name, read_only=True)
             except rbd.ImageNotFound:
-                raise RadosFSError(errno.ENOENT, f"no image {pool}/{name}") from None
+                raise RadosFSError(errno.ENOENT, f"no image {spec}") from None
             try:
                 if list(image.list_snaps()):
-                    raise RadosFSError(errno.EBUSY, f"image {pool}/{name} has snapshots "
+                    raise RadosFSError(errno.EBUSY, f"image {spec} has snapshots "
                                                     f"(rbd snap purge first)")
                 if list(image.watchers_list()):
-                    raise RadosFSError(errno.EBUSY, f"image {pool}/{name} is open by "
+                    raise RadosFSError(errno.EBUSY, f"image {spec} is open by "
                                                     f"another client (rbd status)")
                 image_id = image.id()
             finally:
@@ -162,34 +193,81 @@ class ImagePools:
             rbd.RBD().trash_move(io, name, 0)
             return image_id
 
-        image_id = await self.bridge.run(check_and_trash, what=f"remove image {pool}/{name}")
+        image_id = await self.bridge.run(check_and_trash, what=f"remove image {spec}")
         try:
             await self.conn.mgr_command({"prefix": "rbd task add trash remove",
-                                         "image_id_spec": f"{pool}/{image_id}"})
-            log.debug("image %s/%s (id %s): purge handed to the mgr", pool, name, image_id)
+                                         "image_id_spec": self.spec(pool, image_id)})
+            log.debug("image %s (id %s): purge handed to the mgr", spec, image_id)
             return
         except Exception as exc:  # noqa: BLE001 -- purge it ourselves
-            log.warning("image %s/%s moved to the trash; the mgr did not take its purge "
-                        "(%s): purging it in the background", pool, name, exc)
+            log.warning("image %s moved to the trash; the mgr did not take its purge "
+                        "(%s): purging it in the background", spec, exc)
         nursery = self._spawn()
         if nursery is not None:
-            nursery.start_soon(self._purge, io, pool, name, image_id)
+            nursery.start_soon(self._purge, io, spec, image_id)
 
-    async def _purge(self, io: rados.Ioctx, pool: str, name: str, image_id: str) -> None:
+    async def _purge(self, io: rados.Ioctx, spec: str, image_id: str) -> None:
         try:
             # Proportional to the image size, in the background: no op_timeout.
             await self.bridge.run(rbd.RBD().trash_remove, io, image_id, timeout=math.inf,
-                                  what=f"purge of image {pool}/{name}")
+                                  what=f"purge of image {spec}")
         except Exception as exc:  # noqa: BLE001 -- it stays in the trash
-            log.error("image %s/%s (id %s) stays in the trash: %s (rbd trash rm)",
-                      pool, name, image_id, exc)
+            log.error("image %s (id %s) stays in the trash: %s (rbd trash rm)",
+                      spec, image_id, exc)
 
     async def rename_image(self, pool: str, old: str, new: str) -> None:
         io = await self.ioctx(pool)
         try:
             await self.bridge.run(rbd.RBD().rename, io, old, new)
         except rbd.ImageExists:
-            raise RadosFSError(errno.EEXIST, f"{pool}/{new} was created meanwhile") from None
+            raise RadosFSError(errno.EEXIST, f"{self.spec(pool, new)} was created "
+                                             f"meanwhile") from None
+
+    # ---- RBD namespaces (`rbd namespace ...`) -----------------------------------------
+    # Registered in the pool's default namespace (object rbd_namespace), whatever ours.
+
+    async def _pool_ioctx(self, pool: str) -> rados.Ioctx:
+        return await self.conn.in_namespace("").ioctx(pool)
+
+    async def list_namespaces(self, pool: str) -> list[str]:
+        """The RBD namespaces of the pool (`rbd namespace ls POOL`)."""
+        io = await self._pool_ioctx(pool)
+        return await self.bridge.run(lambda: list(rbd.RBD().namespace_list(io)),
+                                     what=f"RBD.namespace_list of {pool}")
+
+    async def namespace_exists(self, pool: str, namespace: str) -> bool:
+        io = await self._pool_ioctx(pool)
+        return await self.bridge.run(rbd.RBD().namespace_exists, io, namespace,
+                                     what=f"RBD.namespace_exists {pool}/{namespace}")
+
+    async def create_namespace(self, pool: str, namespace: str) -> None:
+        """`rbd namespace create POOL/NS`; EEXIST if it exists."""
+        io = await self._pool_ioctx(pool)
+        try:
+            await self.bridge.run(rbd.RBD().namespace_create, io, namespace,
+                                  what=f"RBD.namespace_create {pool}/{namespace}")
+        except rbd.ImageExists:
+            raise RadosFSError(errno.EEXIST, f"RBD namespace {pool}/{namespace} "
+                                             f"exists") from None
+
+    async def remove_namespace(self, pool: str, namespace: str) -> None:
+        """`rbd namespace remove POOL/NS`: only an empty one. Images in it, or in its
+        trash (an image unlinked here stays there until the mgr has purged it), give
+        ENOTEMPTY; librbd says EBUSY for both."""
+        images = await self.in_namespace(namespace).list_images(pool)
+        if images:
+            raise RadosFSError(errno.ENOTEMPTY, f"RBD namespace {pool}/{namespace} holds "
+                                                f"{len(images)} image(s)")
+        io = await self._pool_ioctx(pool)
+        try:
+            await self.bridge.run(rbd.RBD().namespace_remove, io, namespace,
+                                  what=f"RBD.namespace_remove {pool}/{namespace}")
+        except rbd.ImageBusy:
+            raise RadosFSError(errno.ENOTEMPTY, f"RBD namespace {pool}/{namespace} is not "
+                               f"empty: images in it or in its trash (rbd trash ls "
+                               f"{pool}/{namespace})") from None
+        except rbd.ImageNotFound:
+            raise RadosFSError(errno.ENOENT, f"no RBD namespace {pool}/{namespace}") from None
 
     async def close_all(self) -> None:
         """Close every image and probe ioctx this mount opened.

@@ -13,17 +13,20 @@ class StoreKey(NamedTuple):
     pool: str
     name: str          # the object name, or the image id (a rename keeps an image's pages)
     view: str | None   # None at HEAD; else the snapshot, as "name@id" (never reused)
+    namespace: str = ""  # the RADOS (or RBD) namespace; "" = the default one
 
     @classmethod
-    def object(cls, pool: str, oid: str, view: str | None = None) -> StoreKey:
-        return cls(OBJECT, pool, oid, view)
+    def object(cls, pool: str, oid: str, view: str | None = None,
+               namespace: str = "") -> StoreKey:
+        return cls(OBJECT, pool, oid, view, namespace)
 
     @classmethod
     def image(cls, pool: str, image_id: str, snapshot: str | None = None,
-              snap_id: int | None = None) -> StoreKey:
+              snap_id: int | None = None, namespace: str = "") -> StoreKey:
         return cls(IMAGE, pool, image_id,
-                   None if snapshot is None else f"{snapshot}@{snap_id}")
+                   None if snapshot is None else f"{snapshot}@{snap_id}", namespace)
 
     def at_head_of(self, kind: str, pool: str) -> bool:
-        """Writable data of `pool` (what a snapshot of the pool must include)."""
+        """Writable data of `pool`, in any namespace (what a snapshot of the pool must
+        include: a pool snapshot holds every namespace)."""
         return self.kind == kind and self.pool == pool and self.view is None

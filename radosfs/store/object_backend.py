@@ -39,7 +39,8 @@ class ObjectBackend:
         self.bridge = bridge
         self.ioctx = ioctx
         self.name = name
-        self.key = StoreKey.object(pool, name, snap)
+        # The namespace is the ioctx's: the key cannot disagree with where the data is.
+        self.key = StoreKey.object(pool, name, snap, ioctx.get_namespace())
         self.read_only = snap is not None
         self.striped = striped
         self._plain_ops = 0

@@ -377,7 +377,12 @@ class FileNode(Node):
 
 class Kinds(ABC):
     """Builds every node of the tree: parents ask here for their children (by what they
-    are, not by class), so no kind imports another. One per mount (tree/kinds.py)."""
+    are, not by class), so no kind imports another. One per mount and namespace
+    (tree/kinds.py): the nodes it builds are of its namespace."""
+
+    @abstractmethod
+    def in_namespace(self, namespace: str) -> Kinds:
+        """The kinds that build nodes of RADOS (or RBD) namespace `namespace`."""
 
     @abstractmethod
     def root(self) -> DirNode: ...
@@ -389,6 +394,10 @@ class Kinds(ABC):
     @abstractmethod
     def pool_dir(self, pool: str, prefix: str, view: Any = None) -> DirNode:
         """A directory of an object pool (prefix '' = the pool), at HEAD or at a view."""
+
+    @abstractmethod
+    def namespaces(self, pool: str) -> DirNode:
+        """`.ns` of an object pool: one directory per RADOS namespace."""
 
     @abstractmethod
     def object_file(self, pool: str, oid: str, view: Any = None) -> FileNode: ...

@@ -4,9 +4,15 @@ inode table and what is known of each object pool.
 Built by the mount command and handed to every node (as `node.fs`). It imports no node
 kind: `kinds` (the one place that builds nodes, tree/kinds.py) and `nursery` (the mount's
 task nursery, for background work) are set on it from outside, S3QL-style.
+
+A context is in one RADOS namespace (`namespace`: the mount's, from `namespace=`, or ""):
+every ioctx, listing and image its `conn` and `images` hand out is in it, so a node never
+names a namespace itself. `in_namespace` gives the view a node of another namespace gets
+(`POOL/.ns/NS/`, an RBD namespace directory), sharing everything else.
 """
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Any
@@ -42,9 +48,29 @@ class MountContext:
         self.nursery: trio.Nursery | None = None
         self.kinds: Any = None   # tree.kinds.NodeKinds, set by whoever builds the tree
         self.images = ImagePools(conn, spawn=lambda: self.nursery, busy=self.busy)
-        self._flags: dict[str, PoolFlag] = {}
-        self._indexes: dict[tuple[str, str | None], PoolIndex] = {}
+        self._flags: dict[tuple[str, str], PoolFlag] = {}
+        self._indexes: dict[tuple[str, str | None, str], PoolIndex] = {}
         self._foreign: dict[str, bool] = {}
+        self._views: dict[str, MountContext] = {self.namespace: self}
+
+    @property
+    def namespace(self) -> str:
+        """The RADOS namespace this context works in ("" = the default one)."""
+        return self.conn.namespace
+
+    def in_namespace(self, namespace: str) -> MountContext:
+        """This mount as seen from `namespace`: the same cache, inode table, nursery and
+        pool knowledge; ioctxs, listings, images, indexes and pool flags of `namespace`."""
+        view = self._views.get(namespace)
+        if view is None:
+            view = copy.copy(self)
+            view.conn = self.conn.in_namespace(namespace)
+            view.images = self.images.in_namespace(namespace)
+            if self.kinds is not None:
+                view.kinds = self.kinds.for_context(view)
+            self._views[namespace] = view
+        view.nursery = self.nursery
+        return view
 
     async def classify_pool(self, pool: str) -> bool:
         """Whether `pool` belongs to another application (asked once per pool)."""
@@ -80,15 +106,18 @@ class MountContext:
 
     def pool_index(self, pool: str, view: str | None = None) -> PoolIndex:
         """Which directories a pool (or a pool snapshot) has; see pool_state.PoolIndex."""
-        idx = self._indexes.get((pool, view))
+        key = (pool, view, self.namespace)
+        idx = self._indexes.get(key)
         if idx is None:
-            idx = self._indexes[(pool, view)] = PoolIndex()
+            idx = self._indexes[key] = PoolIndex()
         return idx
 
     def pool_flag(self, pool: str) -> PoolFlag:
-        flag = self._flags.get(pool)
+        """The flag object `.radosfs-attrs` of the pool in our namespace (one each)."""
+        key = (pool, self.namespace)
+        flag = self._flags.get(key)
         if flag is None:
-            flag = self._flags[pool] = PoolFlag()
+            flag = self._flags[key] = PoolFlag()
         return flag
 
     async def has_overrides(self, pool: str, io: rados.Ioctx) -> bool:
@@ -100,6 +129,7 @@ class MountContext:
         return {"mount": {"pid": os.getpid(), "ro": o.ro, "log": o.log, "name": o.name,
                           "conf": o.conf, "mon_host": o.mon_host, "cluster": o.cluster,
                           "pools": o.pools or None, "foreign_pools": o.foreign_pools,
+                          "namespace": o.namespace,
                           "cache_size": o.cache_size, "since": int(self.mount_time)},
                 "cache": self.cache.counters(),
                 "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,

@@ -38,7 +38,7 @@ class ImageFile(FileNode):
 
     def __init__(self, fs: MountContext, pool: str, name: str, image_id: str,
                  snapshot: str | None = None, snap_id: int | None = None) -> None:
-        super().__init__(fs, image_key(pool, name, snapshot, snap_id))
+        super().__init__(fs, image_key(pool, name, snapshot, snap_id, fs.namespace))
         self.pool = pool
         self.image_id = image_id
         self.snapshot = snapshot
@@ -53,7 +53,8 @@ class ImageFile(FileNode):
     @property
     def stored_key(self) -> StoreKey:
         # By image id: a rename does not move the cached pages or the open image.
-        return StoreKey.image(self.pool, self.image_id, self.snapshot, self.snap_id)
+        return StoreKey.image(self.pool, self.image_id, self.snapshot, self.snap_id,
+                              self.fs.namespace)
 
     async def stored_backend(self) -> ImageBackend:
         return await self.fs.images.backend(self.pool, self.image_id, self.name,

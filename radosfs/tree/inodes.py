@@ -13,6 +13,7 @@ ROOT, STATS = "root", "stats"
 POOL, IMAGE_POOL = "pool", "imagepool"        # a directory of an object pool; an image pool
 SNAP_ROOT, IMAGE_SNAP = "snaproot", "imagesnap"
 OBJECT, IMAGE = "obj", "image"
+NAMESPACES = "namespaces"                     # POOL/.ns: an object pool's RADOS namespaces
 
 
 class NodeKey(NamedTuple):
@@ -20,16 +21,19 @@ class NodeKey(NamedTuple):
     pool: str = ""
     view: str | None = None   # None at HEAD; else which snapshot ("name@id" or a name)
     path: str = ""            # directory prefix, object name or image name
+    namespace: str = ""       # the RADOS (or RBD) namespace; "" = the default one
 
     def describe(self) -> str:
         """The path a log line names for this node."""
-        return "/".join(p for p in (self.pool, self.view, self.path) if p) or self.kind
+        space = f"[{self.namespace}]" if self.namespace else ""
+        return "/".join(p for p in (self.pool + space, self.view, self.path) if p) or self.kind
 
 
 def image_key(pool: str, name: str, snapshot: str | None = None,
-              snap_id: int | None = None) -> NodeKey:
+              snap_id: int | None = None, namespace: str = "") -> NodeKey:
     """An image file, at HEAD or at one snapshot (named with its id: never reused)."""
-    return NodeKey(IMAGE, pool, None if snapshot is None else f"{snapshot}@{snap_id}", name)
+    return NodeKey(IMAGE, pool, None if snapshot is None else f"{snapshot}@{snap_id}", name,
+                   namespace)
 
 
 class Numbered(Protocol):

@@ -7,6 +7,7 @@ import errno
 from ..errors import RadosFSError
 
 SNAPDIR = ".snap"
+NSDIR = ".ns"              # POOL/.ns/NAME/: the pool's RADOS namespace NAME
 MAX_NAME_COMPONENT = 255   # bytes, as every Linux filesystem
 MAX_OBJECT_NAME = 2048     # osd_max_object_name_len's default
 

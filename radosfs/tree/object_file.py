@@ -32,7 +32,7 @@ class ObjectFile(FileNode):
     def __init__(self, fs: MountContext, pool: str, oid: str,
                  view: PoolView | None = None) -> None:
         self.snap = view.ident if view is not None else None
-        super().__init__(fs, NodeKey(OBJECT, pool, self.snap, oid))
+        super().__init__(fs, NodeKey(OBJECT, pool, self.snap, oid, fs.namespace))
         self.pool = pool
         self.oid = oid
         self.view = view
@@ -43,7 +43,7 @@ class ObjectFile(FileNode):
 
     @property
     def stored_key(self) -> StoreKey:
-        return StoreKey.object(self.pool, self.oid, self.snap)
+        return StoreKey.object(self.pool, self.oid, self.snap, self.fs.namespace)
 
     def remember(self, size: int, mtime: float, owner: Ownership | None = None,
                  fresh: bool = False, striped: StripedData | None = None) -> None:

@@ -21,7 +21,7 @@ from ..store.ownership import FLAG_OBJECT, NO_OVERRIDE, Ownership, read_many
 from ..store.rados_ops import stat_object, struct_to_epoch
 from ..store.striper import StripedData, piece_name, read_head, split_piece
 from .base import DirNode, FileNode
-from .names import SNAPDIR, Skipped, shown_names
+from .names import NSDIR, SNAPDIR, Skipped, shown_names
 from .pool_state import INDEX_MIN_TTL, PoolIndex, PoolView, parent_dirs
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class PoolListing(DirNode):
         reserved top-level names (lookup never resolves them as directories)."""
         dirs: set[str] = set()
         for name in names:
-            if name.partition("/")[0] in (SNAPDIR, FLAG_OBJECT):
+            if name.partition("/")[0] in (SNAPDIR, NSDIR, FLAG_OBJECT):
                 continue
             dirs.update(parent_dirs(name))
         return dirs
@@ -99,7 +99,7 @@ class PoolListing(DirNode):
                 continue
             rest = oid[plen:]
             first, slash, _ = rest.partition("/")
-            if not plen and first in (SNAPDIR, FLAG_OBJECT):
+            if not plen and first in (SNAPDIR, NSDIR, FLAG_OBJECT):
                 if first != FLAG_OBJECT or slash:  # radosfs's own flag is not news
                     skipped.add(oid.encode(), f"hidden by the reserved name {first}")
                 continue

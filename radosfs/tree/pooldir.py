@@ -30,7 +30,7 @@ from ..store.striper import StripedData, piece_name, read_head
 from .base import FRESH_SECONDS, DirNode, FileNode, Node
 from .context import MountContext
 from .inodes import POOL, NodeKey
-from .names import (NOT_UTF8, SNAPDIR, check_component, check_object_name,
+from .names import (NOT_UTF8, NSDIR, SNAPDIR, check_component, check_object_name,
                     path_problem)
 from .pool_listing import PoolListing
 from .pool_state import BTIME_XATTR, PoolView, btime
@@ -48,6 +48,7 @@ class PoolDir(PoolListing):
     def __init__(self, fs: MountContext, pool: str, prefix: str,
                  view: PoolView | None = None) -> None:
         self.pool = pool
+        self.namespace = fs.namespace   # every ioctx and listing of fs is in it
         self.prefix = prefix
         self.view = view
         self.snap = view.ident if view is not None else None
@@ -211,7 +212,7 @@ class PoolDir(PoolListing):
         return self.kinds.object_file(self.pool, oid, self.view)
 
     def dir_key(self, prefix: str) -> NodeKey:
-        return NodeKey(POOL, self.pool, self.snap, prefix)
+        return NodeKey(POOL, self.pool, self.snap, prefix, self.namespace)
 
     def dir_node(self, prefix: str) -> DirNode:
         return self.kinds.pool_dir(self.pool, prefix, self.view)
@@ -220,7 +221,9 @@ class PoolDir(PoolListing):
         check_component(name)
         if name == SNAPDIR and not self.prefix and self.snap is None:
             return self.kinds.snap_root(self.pool, images=False)
-        if name == FLAG_OBJECT and not self.prefix:
+        if name == NSDIR and not self.prefix and self.snap is None and not self.namespace:
+            return self.kinds.namespaces(self.pool)
+        if name in (FLAG_OBJECT, NSDIR) and not self.prefix:
             raise RadosFSError(errno.ENOENT, f"{name} is reserved by radosfs")
         oid = self.child_key(name)
         check_object_name(oid + "/")
@@ -264,7 +267,8 @@ class PoolDir(PoolListing):
                               if await self.fs.has_overrides(self.pool, io) else NO_OVERRIDE,
                               fresh=True, striped=StripedData(bridge, io, oid, *layout))
                 return node
-        cached = self.fs.cache.get(StoreKey.object(self.pool, oid, self.snap))
+        cached = self.fs.cache.get(StoreKey.object(self.pool, oid, self.snap,
+                                                   self.namespace))
         if cached is not None and cached.dirty:
             return self.file_node(oid)
         if results[oid + "/"] is not None:
@@ -318,7 +322,7 @@ class PoolDir(PoolListing):
         return node
 
     def _not_reserved(self, name: str) -> None:
-        if not self.prefix and name in (SNAPDIR, FLAG_OBJECT):
+        if not self.prefix and name in (SNAPDIR, NSDIR, FLAG_OBJECT):
             raise RadosFSError(errno.EPERM, f"{name} is reserved by radosfs")
 
     async def _absent(self, name: str) -> str:

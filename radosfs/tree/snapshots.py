@@ -60,7 +60,7 @@ class SnapRoot(DirNode):
     snapshot_names = True
 
     def __init__(self, fs: MountContext, pool: str) -> None:
-        super().__init__(fs, NodeKey(SNAP_ROOT, pool))
+        super().__init__(fs, NodeKey(SNAP_ROOT, pool, namespace=fs.namespace))
         self.pool = pool
 
     async def create(self, name: str, owner: Ownership = NO_OVERRIDE) -> FileNode:
@@ -168,7 +168,8 @@ class ImageSnapRoot(SnapRoot):
         n = await snapshot_all(self.fs.bridge, await self.fs.images.ioctx(self.pool), name)
         if n == 0:
             raise RadosFSError(errno.ENOENT, f"pool {self.pool} has no images to snapshot")
-        log.info("took snapshot %s of %d images in %s", name, n, self.pool)
+        log.info("took snapshot %s of %d images in %s", name, n,
+                 self.fs.images.spec(self.pool))
         return await self.lookup(name)
 
     async def rmdir(self, name: str) -> None:
@@ -179,7 +180,8 @@ class ImageSnapRoot(SnapRoot):
                                members)
         self.fs.table.drop_where(lambda k: k.kind == IMAGE_SNAP and k.pool == self.pool
                                  and k.view == name)
-        log.info("removed snapshot %s from the images of %s", name, self.pool)
+        log.info("removed snapshot %s from the images of %s", name,
+                 self.fs.images.spec(self.pool))
 
 
 class ImageSnapshot(DirNode):
@@ -187,7 +189,7 @@ class ImageSnapshot(DirNode):
     read_only = True
 
     def __init__(self, fs: MountContext, pool: str, name: str) -> None:
-        super().__init__(fs, NodeKey(IMAGE_SNAP, pool, name))
+        super().__init__(fs, NodeKey(IMAGE_SNAP, pool, name, namespace=fs.namespace))
         self.pool = pool
         self.snap = name
         self.members: list[SnapMember] = []
