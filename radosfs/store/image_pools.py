@@ -25,6 +25,9 @@ from .keys import StoreKey
 log = logging.getLogger(__name__)
 
 NEGATIVE_APP_TTL = 5.0           # seconds a "not an rbd pool" answer is trusted
+# rmdir of an RBD namespace whose images were just unlinked waits this long (polling) for
+# their purge from its trash (librbd refuses to remove a namespace with a non-empty trash)
+TRASH_WAIT, TRASH_POLL = 15.0, 0.25
 
 
 class PoolContext:
@@ -259,15 +262,28 @@ class ImagePools:
             raise RadosFSError(errno.ENOTEMPTY, f"RBD namespace {pool}/{namespace} holds "
                                                 f"{len(images)} image(s)")
         io = await self._pool_ioctx(pool)
-        try:
-            await self.bridge.run(rbd.RBD().namespace_remove, io, namespace,
-                                  what=f"RBD.namespace_remove {pool}/{namespace}")
-        except rbd.ImageBusy:
+        trash_io = await self.in_namespace(namespace).ioctx(pool)
+        deadline = trio.current_time() + TRASH_WAIT
+        while True:
+            try:
+                await self.bridge.run(rbd.RBD().namespace_remove, io, namespace,
+                                      what=f"RBD.namespace_remove {pool}/{namespace}")
+                return
+            except rbd.ImageBusy:
+                pass
+            except rbd.ImageNotFound:
+                raise RadosFSError(errno.ENOENT, f"no RBD namespace {pool}/{namespace}"
+                                   ) from None
+            # No image, so its trash holds some: ours being purged (`rm dir/*; rmdir
+            # dir`) go within seconds; any other stays.
+            trash = await self.bridge.run(lambda: list(rbd.RBD().trash_list(trash_io)),
+                                          what=f"RBD.trash_list {pool}/{namespace}")
+            if trash and trio.current_time() < deadline:
+                await trio.sleep(TRASH_POLL)
+                continue
             raise RadosFSError(errno.ENOTEMPTY, f"RBD namespace {pool}/{namespace} is not "
-                               f"empty: images in it or in its trash (rbd trash ls "
-                               f"{pool}/{namespace})") from None
-        except rbd.ImageNotFound:
-            raise RadosFSError(errno.ENOENT, f"no RBD namespace {pool}/{namespace}") from None
+                               f"empty: {len(trash)} image(s) in its trash (rbd trash ls "
+                               f"{pool}/{namespace})")
 
     async def close_all(self) -> None:
         """Close every image and probe ioctx this mount opened.

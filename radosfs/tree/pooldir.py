@@ -186,6 +186,10 @@ class PoolDir(PoolListing):
         `keep`: a file was removed, so a directory that existed only through its objects'
         names gets its marker now (`rm dir/*; rmdir dir` and `rm -r` rely on it staying)."""
         self._fresh_at = -1e9
+        if keep and not self.prefix and self.namespace != self.fs.options.namespace:
+            # `.ns/NS/` lives while NS holds an object: like a directory's marker, its
+            # flag object keeps it after its last file goes (`rm .ns/NS/*; rmdir .ns/NS`).
+            await mark_pool(self.fs.bridge, await self.ioctx(), self.fs.pool_flag(self.pool))
         idx = self.fs.pool_index(self.pool)
         if not self.prefix or not (keep or self.prefix in idx.markers):
             return
