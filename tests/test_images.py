@@ -263,11 +263,21 @@ def test_rbd_internal_objects_not_listed(cluster, mnt, rbd_pool):
     assert sizes == {"img": 5 * MiB, **{f"many{i:02d}": (i + 1) * MiB for i in range(20)}}
 
 
-def test_flat_directory(cluster, mnt, rbd_pool):
-    fails(["mkdir", str(mnt / rbd_pool / "d")], "Operation not permitted")
+def rbd_namespaces(cluster, pool: str) -> list[str]:
+    return [n["name"] for n in json.loads(rbd(cluster, "namespace", "ls", pool,
+                                              "--format", "json"))]
+
+
+def test_directories_are_rbd_namespaces(cluster, mnt, rbd_pool):
+    """The only directories of an image pool are its RBD namespaces (test_namespaces.py)."""
+    run(["mkdir", str(mnt / rbd_pool / "d")])
+    assert rbd_namespaces(cluster, rbd_pool) == ["d"]
+    fails(["mkdir", str(mnt / rbd_pool / "d" / "sub")], "Operation not permitted")
     (mnt / rbd_pool / "f").write_bytes(b"1")
     fails(["rmdir", str(mnt / rbd_pool / "f")], "Not a directory")
     assert rbd_ls(cluster, rbd_pool) == {"f"}
+    run(["rmdir", str(mnt / rbd_pool / "d")])
+    assert rbd_namespaces(cluster, rbd_pool) == []
 
 
 def test_xattrs_are_image_metadata(cluster, mnt, rbd_pool):

@@ -122,10 +122,17 @@ def test_dot_ns_reaches_every_namespace(m, pool, cluster, tmp_path):
     assert os.listdir(top / ".ns/ns2") == ["c"]
     run(["cp", str(top / ".ns/ns2/c"), str(top / ".ns/ns1/copied")])
     assert get_ns(cluster, pool, "ns1", "copied", tmp_path) == b"in ns2\n"
+    # mv across namespaces: EXDEV inside, so mv copies; each namespace ends as it should
+    run(["mv", str(top / ".ns/ns1/copied"), str(top / ".ns/ns2/moved")])
+    run(["mv", str(top / "plain"), str(top / ".ns/ns2/plain")])
+    assert get_ns(cluster, pool, "ns2", "moved", tmp_path) == b"in ns2\n"
+    assert ls_ns(cluster, pool, "ns1") == {b"a/b"}
+    assert ls_ns(cluster, pool, "ns2") == {b"c", b"moved", b"plain"}
+    run(["mv", str(top / ".ns/ns2/plain"), str(top / "plain")])
     assert ls_ns(cluster, pool, "") == {b"plain", b".ns/shadow"}
     # rm -r: the namespace outlives its last file (its flag object, as a directory's
     # marker), so rmdir finds it; then it holds nothing and is gone.
-    run(["rm", "-r", str(top / ".ns/ns2")])
+    run(["rm", "-r", str(top / ".ns/ns2")])   # c and moved, then the namespace
     assert rados_ns(cluster, pool, "ns2", "ls") == b""
     assert errno_of(os.stat, top / ".ns/ns2") == errno.ENOENT
     assert sorted(os.listdir(top / ".ns")) == ["ns1"]

@@ -414,7 +414,8 @@ class PoolDir(PoolListing):
         moved inode is the file at the new name from then on."""
         node = await self.lookup(old)
         if not (isinstance(new_parent, PoolDir) and new_parent.pool == self.pool
-                and new_parent.view == self.view) or not isinstance(node, FileNode):
+                and new_parent.view == self.view and new_parent.namespace == self.namespace
+                ) or not isinstance(node, FileNode):
             await super().rename(old, new_parent, new, flags)
             return
         target = await new_parent.rename_target(new, flags)
