@@ -21,7 +21,7 @@ from ..store.rbd_cls import image_attrs, image_id_of, image_record
 from .base import DirNode, Entry, FileNode, Node
 from .context import MountContext
 from .inodes import IMAGE_POOL, NodeKey, image_key
-from .names import SNAPDIR, check_component, valid_path_name
+from .names import SNAPDIR, check_component, shows_as_component, valid_path_name
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class ImagePool(DirNode):
         batch: list[Entry] = []
         hidden = []
         for ns in sorted(await self.fs.images.list_namespaces(self.pool)):
-            if ns in image_names or ns == SNAPDIR or not valid_path_name(ns) or "/" in ns:
+            if ns in image_names or ns == SNAPDIR or not shows_as_component(ns.encode()):
                 hidden.append(ns)
                 continue
             node = await self._namespace_dir(ns)
@@ -163,8 +163,6 @@ class ImagePool(DirNode):
                                             f"do not nest")
         if name == SNAPDIR:
             raise RadosFSError(errno.EEXIST, f"{name} is the snapshot directory")
-        if not valid_path_name(name):
-            raise RadosFSError(errno.EINVAL, f"bad namespace name {name!r}")
         if await self.find(name) is not None:
             raise RadosFSError(errno.EEXIST, f"{self.pool}/{name} exists")
         await self.fs.images.create_namespace(self.pool, name)

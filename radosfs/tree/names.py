@@ -60,6 +60,11 @@ def path_problem(raw: bytes) -> str | None:
     return None
 
 
+def shows_as_component(raw: bytes) -> bool:
+    """Whether a name (a namespace's) can be one directory entry: a path of one component."""
+    return path_problem(raw) is None and b"/" not in raw
+
+
 class Skipped:
     """The names one listing could not show, for its one log line."""
 

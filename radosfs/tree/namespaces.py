@@ -21,7 +21,7 @@ from ..store.ownership import FLAG_OBJECT, NO_OVERRIDE, Ownership, mark_pool
 from .base import DirNode, Entry, FileNode, Node
 from .context import MountContext
 from .inodes import NAMESPACES, NodeKey
-from .names import NSDIR, check_component, path_problem
+from .names import NSDIR, check_component, shows_as_component
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class NamespacesDir(DirNode):
         for raw in sorted(await self.fs.conn.list_namespaces(self.pool)):
             if not raw:
                 continue  # the default namespace is the pool directory itself
-            if path_problem(raw) is not None or b"/" in raw:
+            if not shows_as_component(raw):
                 hidden.append(raw)
                 continue
             name = raw.decode()
