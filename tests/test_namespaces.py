@@ -114,9 +114,12 @@ def test_dot_ns_reaches_every_namespace(m, pool, cluster, tmp_path):
     put_ns(cluster, pool, "", ".ns/shadow", b"x\n", tmp_path)  # hidden by the reserved name
     put_ns(cluster, pool, "ns1", "a/b", b"in ns1\n", tmp_path)
     put_ns(cluster, pool, "ns2", "c", b"in ns2\n", tmp_path)
+    put_ns(cluster, pool, "x/y", "z", b"not a file name\n", tmp_path)
     top = m.path / pool
     assert sorted(os.listdir(top)) == ["plain"]                # .ns is not listed
+    mark = len(m.read_log())
     assert sorted(os.listdir(top / ".ns")) == ["ns1", "ns2"]
+    assert f"pool {pool}: 1 namespace(s) under /.ns not shown" in m.read_log()[mark:]
     assert stat.S_ISDIR(os.stat(top / ".ns/ns1").st_mode)
     assert run(["cat", str(top / ".ns/ns1/a/b")]).stdout == b"in ns1\n"
     assert os.listdir(top / ".ns/ns2") == ["c"]
@@ -154,6 +157,22 @@ def test_dot_ns_mkdir_rmdir(m, pool, cluster, tmp_path):
     everything = rados_ns(cluster, pool, "", "ls", "--all")
     assert b"fresh" not in everything, everything
     assert errno_of(os.stat, ns / "fresh") == errno.ENOENT
+
+
+def test_dot_ns_snapshots_are_pool_snapshots(m, pool, cluster, tmp_path):
+    put_ns(cluster, pool, "ns1", "f", b"before\n", tmp_path)
+    put_ns(cluster, pool, "", "g", b"default\n", tmp_path)
+    top = m.path / pool
+    run(["mkdir", str(top / ".ns/ns1/.snap/s1")])
+    assert b"s1" in rados_ns(cluster, pool, "", "lssnap")      # of the whole pool
+    put_ns(cluster, pool, "ns1", "f", b"after\n", tmp_path)
+    assert run(["cat", str(top / ".ns/ns1/.snap/s1/f")]).stdout == b"before\n"
+    assert run(["cat", str(top / ".ns/ns1/f")]).stdout == b"after\n"
+    assert os.listdir(top / ".snap/s1") == ["g"]                 # each namespace its own
+    assert os.listdir(top / ".ns/ns1/.snap/s1") == ["f"]
+    assert errno_of(os.unlink, top / ".ns/ns1/.snap/s1/f") == errno.EROFS
+    run(["rmdir", str(top / ".snap/s1")])
+    assert b"s1" not in rados_ns(cluster, pool, "", "lssnap")
 
 
 def test_pool_with_objects_only_in_a_namespace_is_not_empty(mount_factory, cluster,
