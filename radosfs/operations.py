@@ -179,6 +179,11 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if (fields.update_mode or fields.update_uid or fields.update_gid
+                or fields.update_size or fields.update_mtime or fields.update_atime):
+            # As the VFS does on a read-only mount: refused even if nothing would change
+            # (chmod to the mode a file under .snap already has).
+            node.check_writable()
         current = await node.attributes()
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         uid = attr.st_uid if fields.update_uid and attr.st_uid not in (-1, 0xFFFFFFFF) else None

@@ -91,9 +91,14 @@ class MountContext:
             flag = self._flags[pool] = PoolFlag()
         return flag
 
-    async def has_overrides(self, pool: str, io: rados.Ioctx) -> bool:
-        """Whether objects of `pool` may carry mode/owner overrides (see ownership.py)."""
-        return await pool_has_overrides(self.bridge, io, self.pool_flag(pool))
+    async def has_overrides(self, pool: str, io: rados.Ioctx | None = None) -> bool:
+        """Whether objects of `pool` may carry mode/owner overrides (see ownership.py).
+
+        Asked of HEAD whatever `io` reads (a snapshot's ioctx would not see a flag made
+        after it, and the answer is cached for the pool): the flag is never removed, so
+        with it at HEAD a record may be there at any snapshot too."""
+        head = await self.conn.ioctx(pool)
+        return await pool_has_overrides(self.bridge, head, self.pool_flag(pool))
 
     def counters(self) -> dict:
         o = self.options

@@ -108,11 +108,6 @@ class PoolDir(PoolListing):
         self.remember_dir(got["stored"], got["record"])  # type: ignore[arg-type]
 
     async def attributes(self):
-        if self.view is not None and not self.prefix:
-            a = await super().attributes()
-            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(
-                self.view.stamp.timestamp() * 1e9)
-            return a
         if time.monotonic() - self._fresh_at >= FRESH_SECONDS:
             if self.prefix:
                 await self._read_dir()
@@ -138,6 +133,13 @@ class PoolDir(PoolListing):
                                 "%.0f s; showing what was last read", self.pool,
                                 POOL_META_WAIT)
         self._fresh_at = -1e9
+        if self.view is not None and not self.prefix:
+            # `.snap/NAME/`: the pool directory's mode and owner as they were at the
+            # snapshot (its record, read there), and the snapshot's time.
+            a = self.dir_attrs(self.record.owner_only, None)
+            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(
+                self.view.stamp.timestamp() * 1e9)
+            return a
         stored = self.stored
         if not self.prefix and not self.record.valid_times(stored):
             stored = None  # the flag object's own mtime is not the pool directory's
