@@ -20,6 +20,7 @@ from pyfuse3 import FUSEError
 from .cache import CachedFile, ReadState
 from .errors import RadosFSError, errno_of, printable, to_errno
 from .store.ownership import Ownership
+from .store.pool_quota import pool_quota
 from .tree.base import DirNode, FileNode, Node
 from .tree.context import MountContext
 from .tree.names import check_component
@@ -398,13 +399,15 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
         node = self._node(inode)
-        virtual = node.virtual_xattrs.get(name.decode("utf-8", "replace"))
-        if virtual is not None:
-            return virtual
         key = self._xattr_name(name)
         if key is None:
-            # security.capability etc.: asked on every write; answer without a round trip.
-            raise FUSEError(errno.ENODATA)
+            # ceph.*, security.capability (asked on every write: no round trip) ...
+            try:
+                return await node.get_ceph_xattr(name.decode("utf-8", "replace"))
+            except RadosFSError as exc:
+                if exc.errno == errno.ENODATA:
+                    raise FUSEError(errno.ENODATA) from None  # not worth a log line
+                raise
         return await node.get_xattr(key)
 
     @fuse_errors
@@ -417,7 +420,10 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         node.check_writable()
         key = self._xattr_name(name)
-        if key is None or not key:
+        if key is None:
+            await node.set_ceph_xattr(name.decode("utf-8", "replace"), value)
+            return
+        if not key:
             raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
         await node.set_xattr(key, value)
 
@@ -427,19 +433,31 @@ class Operations(pyfuse3.Operations):
         node.check_writable()
         key = self._xattr_name(name)
         if key is None:
-            raise FUSEError(errno.ENODATA)
+            await node.remove_ceph_xattr(name.decode("utf-8", "replace"))
+            return
         await node.remove_xattr(key)
 
     # ---- the filesystem --------------------------------------------------------------
 
     @fuse_errors
     async def statfs(self, ctx) -> pyfuse3.StatvfsData:
+        """`df`: the cluster's size and free space; a mount of one pool (`pools=P`) whose
+        pool has a quota shows that quota instead (ceph-fuse's client_quota_df). pyfuse3
+        gives no inode here, so `df MNT/POOL` answers as `df MNT` (docs/layout.md)."""
         st = await self.fs.conn.cluster_stats()
+        total, free = st["kb"] * 1024, st["kb_avail"] * 1024
+        files, ffree = st["num_objects"] + (1 << 30), 1 << 30
+        if len(self.fs.options.pools) == 1:
+            q = await pool_quota(self.fs.conn, self.fs.options.pools[0])
+            if q.max_bytes:
+                total, free = q.max_bytes, max(0, min(q.max_bytes - q.used_bytes, free))
+            if q.max_objects:
+                files, ffree = q.max_objects, max(0, q.max_objects - q.objects)
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = st["kb"] * 1024 // 4096
-        s.f_bfree = s.f_bavail = st["kb_avail"] * 1024 // 4096
-        s.f_files = st["num_objects"] + (1 << 30)
-        s.f_ffree = s.f_favail = 1 << 30
+        s.f_blocks = total // 4096
+        s.f_bfree = s.f_bavail = free // 4096
+        s.f_files = files
+        s.f_ffree = s.f_favail = ffree
         s.f_namemax = 255
         return s

@@ -109,6 +109,22 @@ class Node:
     async def set_xattr(self, key: str, value: bytes) -> None:
         raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
 
+    # `ceph.*` and other names outside user.*: what radosfs itself shows (never stored)
+
+    async def get_ceph_xattr(self, name: str) -> bytes:
+        """Asked for `security.capability` on every write: answered without a round trip
+        unless a kind knows the name."""
+        value = self.virtual_xattrs.get(name)
+        if value is None:
+            raise RadosFSError(errno.ENODATA, f"no xattr {name}")
+        return value
+
+    async def set_ceph_xattr(self, name: str, value: bytes) -> None:
+        raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
+
+    async def remove_ceph_xattr(self, name: str) -> None:
+        raise RadosFSError(errno.ENODATA, f"no xattr {name}")
+
     async def remove_xattr(self, key: str) -> None:
         raise RadosFSError(errno.ENODATA, f"no xattr {key}")
 

@@ -20,11 +20,12 @@ from .base import DirNode, Entry, FileNode, Node
 from .context import MountContext
 from .inodes import IMAGE_POOL, NodeKey, image_key
 from .names import SNAPDIR, check_component, valid_path_name
+from .pool_xattrs import PoolXattrs
 
 STAT_BATCH = 256                 # images stat'ed concurrently per readdir batch
 
 
-class ImagePool(DirNode):
+class ImagePool(PoolXattrs, DirNode):
     """The directory of a pool whose applications include 'rbd': one file per image.
 
     Flat: mkdir -> EPERM, rmdir -> ENOTDIR for an image name (else ENOENT). create makes a

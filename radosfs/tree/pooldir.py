@@ -34,6 +34,7 @@ from .names import (NOT_UTF8, SNAPDIR, check_component, check_object_name,
                     path_problem)
 from .pool_listing import PoolListing
 from .pool_state import BTIME_XATTR, PoolView, btime
+from .pool_xattrs import PoolXattrs
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
 POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
-class PoolDir(PoolListing):
+class PoolDir(PoolXattrs, PoolListing):
     """A directory of an object pool: the pool itself (prefix '') or a '/'-prefix in it,
     at HEAD or, read-only, at a pool snapshot (`view`: then prefix '' is `.snap/NAME/`)."""
 
@@ -68,6 +69,11 @@ class PoolDir(PoolListing):
         return await self.fs.conn.ioctx(self.pool)
 
     # ---- the directory's own metadata -------------------------------------------------
+
+    @property
+    def is_pool_root(self) -> bool:
+        """The pool directory itself (its quota xattrs: tree/pool_xattrs.py)."""
+        return not self.prefix and self.view is None
 
     @property
     def marker_oid(self) -> str:
