@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from typing import Any, Callable, cast
 
 import pyfuse3
@@ -42,17 +43,35 @@ def _name(raw: bytes) -> str:
 
 
 def fuse_errors(fn: Callable) -> Callable:
-    """Every handler: FUSEError passes, anything else is mapped (and logged) once here."""
+    """Every handler: FUSEError passes, anything else is mapped (and logged) once here;
+    each request is counted (latency, errno, its pool: radosfs/metrics.py)."""
     what = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self, *args: Any) -> Any:
+        pool = self._pool_of(what, args)   # before: release forgets the handle
+        started = time.perf_counter()
+        err, nbytes = 0, 0
         try:
-            return await fn(self, *args)
-        except FUSEError:
+            result = await fn(self, *args)
+            if what == "read":
+                nbytes = len(result)
+            elif what == "write":
+                nbytes = result
+            return result
+        except FUSEError as exc:
+            err = exc.errno
             raise
         except Exception as exc:  # noqa: BLE001 -- the one place errors become errnos
-            raise FUSEError(to_errno(exc, f"{what}{self._describe(what, args)}")) from None
+            err = to_errno(exc, f"{what}{self._describe(what, args)}")
+            raise FUSEError(err) from None
+        except BaseException:   # cancelled (the mount is going away): not an answer
+            err = -1
+            raise
+        finally:
+            if err >= 0:
+                self.fs.requests.record(what, time.perf_counter() - started, err, pool,
+                                        nbytes)
     return wrapper
 
 
@@ -114,6 +133,17 @@ class Operations(pyfuse3.Operations):
                 if node is not None:
                     parts.append(node.describe())
         return (" " + " ".join(parts)) if parts else ""
+
+    def _pool_of(self, what: str, args: tuple) -> str | None:
+        """The pool a request is about (None: the root, the stats file, ...)."""
+        if not args or not isinstance(args[0], int) or isinstance(args[0], bool):
+            return None
+        if what in FH_HANDLERS:
+            h = self.handles.get(args[0]) or self.dirs.get(args[0])
+            node = h.node if h is not None else None
+        else:
+            node = self.fs.table.by_ino.get(args[0])
+        return getattr(node, "pool", None)
 
     def _fh(self) -> int:
         fh = self._next_fh

@@ -17,6 +17,7 @@ import trio
 from ..cache import PageCache
 from ..client.bridge import Bridge
 from ..client.connection import Connection
+from ..metrics import RequestMetrics
 from ..options import MountOptions
 from ..store.image_pools import ImagePools
 from ..store.keys import StoreKey
@@ -45,6 +46,10 @@ class MountContext:
         self._flags: dict[str, PoolFlag] = {}
         self._indexes: dict[tuple[str, str | None], PoolIndex] = {}
         self._foreign: dict[str, bool] = {}
+        #: every FUSE request answered (operations.fuse_errors records them)
+        self.requests = RequestMetrics()
+        #: where the mount's metrics and admin socket are (set by the mount command)
+        self.exported: dict[str, str | int | None] = {}
 
     async def classify_pool(self, pool: str) -> bool:
         """Whether `pool` belongs to another application (asked once per pool)."""
@@ -105,7 +110,9 @@ class MountContext:
         return {"mount": {"pid": os.getpid(), "ro": o.ro, "log": o.log, "name": o.name,
                           "conf": o.conf, "mon_host": o.mon_host, "cluster": o.cluster,
                           "pools": o.pools or None, "foreign_pools": o.foreign_pools,
-                          "cache_size": o.cache_size, "since": int(self.mount_time)},
+                          "cache_size": o.cache_size, "since": int(self.mount_time),
+                          **self.exported},
                 "cache": self.cache.counters(),
                 "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
-                              bytes_in_flight=self.bridge.throttle.bytes)}
+                              bytes_in_flight=self.bridge.throttle.bytes),
+                "requests": self.requests.counters()}
