@@ -88,6 +88,12 @@ def cmd_status(args) -> int:
         print(f"  rados ops {r['aio_ops'] + r['thread_calls']}, errors {r['errors']}, "
               f"in flight {r['ops_in_flight']}")
         print(f"  log {m.get('log')}")
+        if m.get("admin_socket"):
+            print(f"  admin socket {m['admin_socket']} (ceph daemon PATH perf dump)")
+        if m.get("metrics_port") is not None or m.get("metrics_file"):
+            where = [f"http://127.0.0.1:{m['metrics_port']}/metrics"
+                     if m.get("metrics_port") is not None else None, m.get("metrics_file")]
+            print(f"  metrics {' '.join(w for w in where if w)}")
     return 0
 
 
