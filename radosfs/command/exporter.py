@@ -106,8 +106,8 @@ def admin_socket_path(mo: MountOptions) -> str | None:
     is made 0700 here: the socket can change the client's configuration, so only the
     mount's own user may reach it. Where it cannot be made (not root), no socket, one
     log line."""
-    if mo.admin_socket == "":
-        return None
+    if mo.admin_socket == "" or (mo.admin_socket is None and "admin_socket" in mo.ceph):
+        return None   # none, or ceph.admin_socket= given (set as any ceph.OPTION is)
     path = mo.admin_socket or ADMIN_SOCKET
     if mo.admin_socket is None:
         try:
