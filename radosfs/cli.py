@@ -102,10 +102,18 @@ def cmd_stats(args) -> int:
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True))
         return 0
-    for section in sorted(st):
-        for key, value in sorted(st[section].items()):
-            print(f"{section}.{key} {value}")
+    for key, value in _flat(st):
+        print(f"{key} {value}")
     return 0
+
+
+def _flat(d: dict, prefix: str = ""):
+    """`section.field value` lines; nested sections (requests.pools.POOL.bytes_read) too."""
+    for key, value in sorted(d.items()):
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def cmd_flush(args) -> int:

@@ -10,13 +10,14 @@ import os
 import re
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import Mount, healthy, run
+from conftest import REPO, Mount, env_with_repo, healthy, run
 
 MiB = 1 << 20
 
@@ -249,7 +250,37 @@ def test_parser_rejects_what_is_not_the_format():
             parse_exposition(text)
 
 
+def test_render_buckets_and_labels():
+    """In process: what is recorded is what the text says (le is "less or equal"), and
+    label values are escaped."""
+    from radosfs.metrics import RequestMetrics, render
+    r = RequestMetrics()
+    for seconds in (0.0001, 0.0002, 0.003, 40.0):
+        r.record("read", seconds, 0, 'we"ird\\pool\n', 10)
+    r.record("write", 0.01, errno.EDQUOT, "p", 0)
+    fams = parse_exposition(render({"mount": {"name": "client.x"}, "cache": {"hits": 3,
+                                    "dirty_bytes": 5}, "rados": {}}, r))
+    assert value(fams, "radosfs_request_duration_seconds_bucket", op="read", le="0.0001") == 1
+    assert value(fams, "radosfs_request_duration_seconds_bucket", op="read", le="0.005") == 3
+    assert value(fams, "radosfs_request_duration_seconds_bucket", op="read", le="30.0") == 3
+    assert value(fams, "radosfs_request_duration_seconds_bucket", op="read", le="+Inf") == 4
+    assert value(fams, "radosfs_request_duration_seconds_sum", op="read") == \
+        pytest.approx(40.0033)
+    assert value(fams, "radosfs_request_errors_total", op="write", errno="EDQUOT") == 1
+    assert value(fams, "radosfs_pool_read_bytes_total",
+                 pool='we\\"ird\\\\pool\\n') == 40
+    assert fams["radosfs_cache_hits_total"]["type"] == "counter"
+    assert fams["radosfs_cache_dirty_bytes"]["type"] == "gauge"
+
+
 # ---- metrics through a mount ------------------------------------------------------------
+
+def radosfs_cmd(*args: str) -> str:
+    res = subprocess.run([sys.executable, "-m", "radosfs", *args], env=env_with_repo(),
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
 
 def stats_of(mount: Mount) -> dict:
     return json.loads((mount.path / ".radosfs-stats").read_text())
@@ -295,6 +326,11 @@ def test_prometheus_metrics_port_and_textfile(cluster, tmp_path, pool):
         assert value(fams, "radosfs_cache_bytes_written_total") == \
             st["cache"]["bytes_written"] >= len(data)
         assert fams["radosfs_cache_dirty_bytes"]["type"] == "gauge"
+        # and the radosfs command: nested fields as lines, where the metrics are
+        lines = radosfs_cmd("stats", str(mount.path)).splitlines()
+        assert f"requests.pools.{pool}.bytes_written {len(data)}" in lines
+        status = radosfs_cmd("status", str(mount.path))
+        assert f"http://127.0.0.1:{port}/metrics" in status and str(prom) in status
         # not the metrics: 404; a client that says nothing does not stop the others
         assert scrape(port, "/other")[0] == 404
         with socket.create_connection(("127.0.0.1", port)):
@@ -349,6 +385,7 @@ def test_admin_socket_per_mount(cluster, tmp_path):
         assert os.stat("/run/radosfs").st_mode & 0o077 == 0
         assert stats_of(b)["mount"]["admin_socket"] == str(custom)
         assert stats_of(c)["mount"]["admin_socket"] is None
+        assert f"admin socket {sa}" in radosfs_cmd("status", str(a.path))
         # the real ceph CLI, no ceph.conf change
         perf = ceph_daemon(cluster, sa, "perf", "dump")
         assert "objecter" in perf, sorted(perf)
