@@ -23,7 +23,12 @@ MiB = 1 << 20
 
 
 def get_quota(cluster, pool: str) -> dict:
-    return json.loads(cluster.ceph("osd", "pool", "get-quota", pool, "-f", "json"))
+    """The pool's quotas as the osdmap has them (`osd pool get-quota` answers ENOENT for
+    a pool whose PGs have not reported stats yet)."""
+    for p in json.loads(cluster.ceph("osd", "dump", "-f", "json"))["pools"]:
+        if p["pool_name"] == pool:
+            return p
+    raise AssertionError(f"no pool {pool}")
 
 
 def getfattr(path: Path, name: str) -> subprocess.CompletedProcess:
@@ -92,7 +97,7 @@ def test_pool_usage_xattrs(cluster, m, pool, tmp_path):
     used = wait_for(lambda: int(getfattr(m / pool, "ceph.pool.used_bytes").stdout or 0)
                     >= len(data) and getfattr(m / pool, "ceph.pool.used_bytes").stdout,
                     60, "ceph.pool.used_bytes to count the file")
-    q = get_quota(cluster, pool)
+    q = json.loads(cluster.ceph("osd", "pool", "get-quota", pool, "-f", "json"))
     assert len(data) <= int(used) <= q["current_num_bytes"] + MiB
     objs = wait_for(lambda: int(getfattr(m / pool, "ceph.pool.objects").stdout or 0) >= 2
                     and getfattr(m / pool, "ceph.pool.objects").stdout, 60, "objects")

@@ -39,9 +39,18 @@ class PoolQuota:
 
 
 async def pool_quota(conn: Connection, pool: str) -> PoolQuota:
-    """One `osd pool get-quota` (it also gives the pool's current usage)."""
-    out = await conn.mon_command({"prefix": "osd pool get-quota", "pool": pool,
-                                  "format": "json"})
+    """One `osd pool get-quota` (it also gives the pool's current usage).
+
+    Trap: for a pool whose PGs have not reported stats yet (made seconds ago) the
+    monitors answer ENOENT "no stats for pool"; its quotas are then read from the osdmap
+    and its usage is 0."""
+    try:
+        out = await conn.mon_command({"prefix": "osd pool get-quota", "pool": pool,
+                                      "format": "json"})
+    except RadosFSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+        return await _from_osdmap(conn, pool)
     try:
         d = json.loads(out)
         return PoolQuota(int(d["quota_max_bytes"]), int(d["quota_max_objects"]),
@@ -50,6 +59,15 @@ async def pool_quota(conn: Connection, pool: str) -> PoolQuota:
     except (ValueError, KeyError, TypeError):
         raise RadosFSError(errno.EIO, f"osd pool get-quota {pool}: unexpected answer "
                                       f"{out[:200]!r}") from None
+
+
+async def _from_osdmap(conn: Connection, pool: str) -> PoolQuota:
+    out = await conn.mon_command({"prefix": "osd dump", "format": "json"})
+    for p in json.loads(out).get("pools", []):
+        if p.get("pool_name") == pool:
+            return PoolQuota(int(p.get("quota_max_bytes", 0)),
+                             int(p.get("quota_max_objects", 0)), 0, 0)
+    raise RadosFSError(errno.ENOENT, f"no pool {pool}")
 
 
 def parse_quota(name: str, raw: bytes) -> int:
