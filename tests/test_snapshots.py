@@ -431,6 +431,9 @@ def _erofs_everywhere(root: Path, snapdir: Path, file: Path, subdir: Path | None
         ["mkdir", str(snapdir / "newdir")],
         ["chmod", "600", str(file)],
         ["chmod", "0", str(snapdir)],
+        ["ln", "-s", "target", str(snapdir / "symlink")],
+        ["ln", str(live_file), str(snapdir / "hardlink")],
+        ["mkfifo", str(snapdir / "fifo")],
         ["chown", "4321:4321", str(file)],
         ["touch", "-d", "2001-01-01", str(file)],
         ["cp", str(live_file), str(snapdir / "copied")],
@@ -488,8 +491,8 @@ def test_pool_snapshot_is_read_only(cluster, m, pool):
 
 
 def _stat_tree(top: Path) -> dict[str, tuple]:
-    """Every path under `top` (relative) -> (type and mode, uid, gid, mtime in ns for
-    files and symlinks, data or link target)."""
+    """Every path under `top` (relative) -> (type and mode, uid, gid, mtime in ns, data
+    or link target)."""
     out: dict[str, tuple] = {}
     for p in sorted(top.rglob("*")):
         st = os.lstat(p)
@@ -499,8 +502,8 @@ def _stat_tree(top: Path) -> dict[str, tuple]:
             body = p.read_bytes()
         else:
             body = ""
-        mtime = None if p.is_dir() and not p.is_symlink() else st.st_mtime_ns
-        out[str(p.relative_to(top))] = (oct(st.st_mode), st.st_uid, st.st_gid, mtime, body)
+        out[str(p.relative_to(top))] = (oct(st.st_mode), st.st_uid, st.st_gid,
+                                        st.st_mtime_ns, body)
     return out
 
 
