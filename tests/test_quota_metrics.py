@@ -370,6 +370,12 @@ def test_metrics_port_in_use_fails_the_mount(cluster, tmp_path):
     msg = str(e.value).splitlines()[0]
     assert f"metrics_port={port}" in msg and "Traceback" not in str(e.value)
     assert not os.path.ismount(tmp_path / "m")
+    # a metrics_file that cannot be written: one line before anything is mounted
+    with pytest.raises(RuntimeError) as e:
+        Mount(cluster, tmp_path / "m", f"metrics_file={tmp_path / 'no-such-dir' / 'x.prom'}")
+    assert "metrics_file=" in str(e.value).splitlines()[0]
+    assert "writable directory" in str(e.value).splitlines()[0]
+    assert not os.path.ismount(tmp_path / "m")
 
 
 # ---- the admin socket ------------------------------------------------------------------

@@ -56,7 +56,13 @@ async def serve_metrics(listener: trio.SocketListener, render: Callable[[], str]
             else:
                 await _reply(stream, 200, render().encode(), body=line[0] == b"GET")
 
-    await trio.serve_listeners(one, [listener])
+    async def guarded(stream: trio.SocketStream) -> None:
+        try:
+            await one(stream)
+        except Exception as exc:  # noqa: BLE001 -- a scrape must never end the mount
+            log.error("metrics_port: a scrape failed: %r", exc)
+
+    await trio.serve_listeners(guarded, [listener])
 
 
 async def _reply(stream: trio.SocketStream, status: int, data: bytes,
@@ -88,10 +94,11 @@ async def write_metrics_file(path: str, render: Callable[[], str]) -> None:
             try:
                 await trio.to_thread.run_sync(_write_atomically, path, render())
                 failing = False
-            except OSError as exc:
+            except Exception as exc:  # noqa: BLE001 -- never fatal to the mount
                 if not failing:
                     log.warning("metrics_file %s: cannot write it (%s); retrying every "
-                                "%.0f s", path, exc.strerror, TEXTFILE_INTERVAL)
+                                "%.0f s", path, getattr(exc, "strerror", None) or repr(exc),
+                                TEXTFILE_INTERVAL)
                 failing = True
             await trio.sleep(TEXTFILE_INTERVAL)
     finally:

@@ -53,6 +53,11 @@ def resolve_options(args: argparse.Namespace) -> MountOptions:
         path = getattr(mo, what)
         if path:   # the daemon changes to / first
             setattr(mo, what, os.path.abspath(path))
+    if mo.metrics_file:
+        where = os.path.dirname(mo.metrics_file)
+        if not os.path.isdir(where) or not os.access(where, os.W_OK):
+            raise MountError(f"metrics_file={mo.metrics_file}: cannot write in {where} "
+                             f"(it must be a writable directory)")
     if mo.log not in (None, "stderr", "syslog"):
         mo.log = os.path.abspath(mo.log)
         try:
