@@ -88,6 +88,12 @@ def cmd_status(args) -> int:
         print(f"  rados ops {r['aio_ops'] + r['thread_calls']}, errors {r['errors']}, "
               f"in flight {r['ops_in_flight']}")
         print(f"  log {m.get('log')}")
+        if m.get("admin_socket"):
+            print(f"  admin socket {m['admin_socket']} (ceph daemon PATH perf dump)")
+        if m.get("metrics_port") is not None or m.get("metrics_file"):
+            where = [f"http://127.0.0.1:{m['metrics_port']}/metrics"
+                     if m.get("metrics_port") is not None else None, m.get("metrics_file")]
+            print(f"  metrics {' '.join(w for w in where if w)}")
     return 0
 
 
@@ -96,10 +102,18 @@ def cmd_stats(args) -> int:
     if args.json:
         print(json.dumps(st, indent=1, sort_keys=True))
         return 0
-    for section in sorted(st):
-        for key, value in sorted(st[section].items()):
-            print(f"{section}.{key} {value}")
+    for key, value in _flat(st):
+        print(f"{key} {value}")
     return 0
+
+
+def _flat(d: dict, prefix: str = ""):
+    """`section.field value` lines; nested sections (requests.pools.POOL.bytes_read) too."""
+    for key, value in sorted(d.items()):
+        if isinstance(value, dict):
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 def cmd_flush(args) -> int:

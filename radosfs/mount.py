@@ -52,7 +52,10 @@ from .store.keys import IMAGE
 from .options import HELP, KERNEL_FLAGS, MountOptions, OptionError
 from .tree.context import MountContext
 from .tree.kinds import NodeKinds
+from .command.exporter import (listener_port, open_metrics_listener, serve_metrics,
+                               write_metrics_file)
 from .command.logs import log_target, reopen_logs, setup_logging
+from .metrics import render
 from .command.process import name_process, radosfs_mounts, sd_notify, tame_malloc
 from .command.setup import (MountError, check_mountpoint, client_config, fuse_options,
                             keyring_warning, resolve_options)
@@ -101,6 +104,19 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
     fs = MountContext(conn, fs_options, PageCache(fs_options.cache_size))
     fs.kinds = kinds = NodeKinds(fs)
     ops = Operations(fs, kinds.root())
+    listener = None
+    if fs_options.metrics_port is not None:
+        try:
+            listener = await open_metrics_listener(fs_options.metrics_port)
+        except OSError as exc:
+            raise MountError(f"metrics_port={fs_options.metrics_port}: cannot listen on "
+                             f"127.0.0.1 ({exc.strerror})") from None
+    fs.exported.update(mountpoint=mountpoint, admin_socket=_admin_socket(handle),
+                       metrics_port=listener_port(listener) if listener else None,
+                       metrics_file=fs_options.metrics_file)
+
+    def metrics() -> str:
+        return render(fs.counters(), fs.requests)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(fs_options, source))
     except RuntimeError as exc:
@@ -112,6 +128,10 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
             nursery.start_soon(_signals, nursery)
             nursery.start_soon(fs.cache.expire_dirty)
             nursery.start_soon(_set_readahead, mountpoint, fs_options.readahead_kb)
+            if listener is not None:
+                nursery.start_soon(serve_metrics, listener, metrics)
+            if fs_options.metrics_file:
+                nursery.start_soon(write_metrics_file, fs_options.metrics_file, metrics)
             log.info("mounted %s on %s", source, mountpoint)
             ready(None)
             await pyfuse3.main()
@@ -122,6 +142,15 @@ async def serve(fs_options: MountOptions, handle, mountpoint: str, source: str,
         pyfuse3.close(unmount=True)
         log.info("unmounted %s%s", mountpoint, "" if clean else " (after an error)")
     return conn.bridge.stuck
+
+
+def _admin_socket(handle) -> str | None:
+    """The admin socket librados opened (its path with $cluster, $name, $pid expanded)."""
+    try:
+        path = handle.conf_get("admin_socket")
+    except Exception:  # noqa: BLE001 -- only shown in the stats file
+        return None
+    return path or None
 
 
 async def _write_back_at_exit(fs: MountContext, bound: float) -> None:

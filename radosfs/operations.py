@@ -11,6 +11,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from typing import Any, Callable, cast
 
 import pyfuse3
@@ -20,6 +21,7 @@ from pyfuse3 import FUSEError
 from .cache import CachedFile, ReadState
 from .errors import RadosFSError, errno_of, printable, to_errno
 from .store.ownership import Ownership
+from .store.pool_quota import pool_quota
 from .tree.base import DirNode, FileNode, Node
 from .tree.context import MountContext
 from .tree.names import check_component
@@ -41,17 +43,35 @@ def _name(raw: bytes) -> str:
 
 
 def fuse_errors(fn: Callable) -> Callable:
-    """Every handler: FUSEError passes, anything else is mapped (and logged) once here."""
+    """Every handler: FUSEError passes, anything else is mapped (and logged) once here;
+    each request is counted (latency, errno, its pool: radosfs/metrics.py)."""
     what = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(self, *args: Any) -> Any:
+        pool = self._pool_of(what, args)   # before: release forgets the handle
+        started = time.perf_counter()
+        err, nbytes = 0, 0
         try:
-            return await fn(self, *args)
-        except FUSEError:
+            result = await fn(self, *args)
+            if what == "read":
+                nbytes = len(result)
+            elif what == "write":
+                nbytes = result
+            return result
+        except FUSEError as exc:
+            err = exc.errno
             raise
         except Exception as exc:  # noqa: BLE001 -- the one place errors become errnos
-            raise FUSEError(to_errno(exc, f"{what}{self._describe(what, args)}")) from None
+            err = to_errno(exc, f"{what}{self._describe(what, args)}")
+            raise FUSEError(err) from None
+        except BaseException:   # cancelled (the mount is going away): not an answer
+            err = -1
+            raise
+        finally:
+            if err >= 0:
+                self.fs.requests.record(what, time.perf_counter() - started, err, pool,
+                                        nbytes)
     return wrapper
 
 
@@ -113,6 +133,17 @@ class Operations(pyfuse3.Operations):
                 if node is not None:
                     parts.append(node.describe())
         return (" " + " ".join(parts)) if parts else ""
+
+    def _pool_of(self, what: str, args: tuple) -> str | None:
+        """The pool a request is about (None: the root, the stats file, ...)."""
+        if not args or not isinstance(args[0], int) or isinstance(args[0], bool):
+            return None
+        if what in FH_HANDLERS:
+            h = self.handles.get(args[0]) or self.dirs.get(args[0])
+            node = h.node if h is not None else None
+        else:
+            node = self.fs.table.by_ino.get(args[0])
+        return getattr(node, "pool", None)
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -179,6 +210,11 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: int | None, ctx) -> pyfuse3.EntryAttributes:
         node = self._node(inode)
+        if (fields.update_mode or fields.update_uid or fields.update_gid
+                or fields.update_size or fields.update_mtime or fields.update_atime):
+            # As the VFS does on a read-only mount: refused even if nothing would change
+            # (chmod to the mode a file under .snap already has).
+            node.check_writable()
         current = await node.attributes()
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         uid = attr.st_uid if fields.update_uid and attr.st_uid not in (-1, 0xFFFFFFFF) else None
@@ -393,13 +429,15 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx) -> bytes:
         node = self._node(inode)
-        virtual = node.virtual_xattrs.get(name.decode("utf-8", "replace"))
-        if virtual is not None:
-            return virtual
         key = self._xattr_name(name)
         if key is None:
-            # security.capability etc.: asked on every write; answer without a round trip.
-            raise FUSEError(errno.ENODATA)
+            # ceph.*, security.capability (asked on every write: no round trip) ...
+            try:
+                return await node.get_ceph_xattr(name.decode("utf-8", "replace"))
+            except RadosFSError as exc:
+                if exc.errno == errno.ENODATA:
+                    raise FUSEError(errno.ENODATA) from None  # not worth a log line
+                raise
         return await node.get_xattr(key)
 
     @fuse_errors
@@ -412,7 +450,10 @@ class Operations(pyfuse3.Operations):
         node = self._node(inode)
         node.check_writable()
         key = self._xattr_name(name)
-        if key is None or not key:
+        if key is None:
+            await node.set_ceph_xattr(name.decode("utf-8", "replace"), value)
+            return
+        if not key:
             raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
         await node.set_xattr(key, value)
 
@@ -422,19 +463,31 @@ class Operations(pyfuse3.Operations):
         node.check_writable()
         key = self._xattr_name(name)
         if key is None:
-            raise FUSEError(errno.ENODATA)
+            await node.remove_ceph_xattr(name.decode("utf-8", "replace"))
+            return
         await node.remove_xattr(key)
 
     # ---- the filesystem --------------------------------------------------------------
 
     @fuse_errors
     async def statfs(self, ctx) -> pyfuse3.StatvfsData:
+        """`df`: the cluster's size and free space; a mount of one pool (`pools=P`) whose
+        pool has a quota shows that quota instead (ceph-fuse's client_quota_df). pyfuse3
+        gives no inode here, so `df MNT/POOL` answers as `df MNT` (docs/layout.md)."""
         st = await self.fs.conn.cluster_stats()
+        total, free = st["kb"] * 1024, st["kb_avail"] * 1024
+        files, ffree = st["num_objects"] + (1 << 30), 1 << 30
+        if len(self.fs.options.pools) == 1:
+            q = await pool_quota(self.fs.conn, self.fs.options.pools[0])
+            if q.max_bytes:
+                total, free = q.max_bytes, max(0, min(q.max_bytes - q.used_bytes, free))
+            if q.max_objects:
+                files, ffree = q.max_objects, max(0, q.max_objects - q.objects)
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = st["kb"] * 1024 // 4096
-        s.f_bfree = s.f_bavail = st["kb_avail"] * 1024 // 4096
-        s.f_files = st["num_objects"] + (1 << 30)
-        s.f_ffree = s.f_favail = 1 << 30
+        s.f_blocks = total // 4096
+        s.f_bfree = s.f_bavail = free // 4096
+        s.f_files = files
+        s.f_ffree = s.f_favail = ffree
         s.f_namemax = 255
         return s

@@ -24,6 +24,10 @@ ATIME = {"noatime": "noatime", "relatime": "relatime", "atime": "strictatime",
 # What to do with pools that belong to another application (cephfs, rgw, the mgr).
 FOREIGN_CHOICES = ("ro", "rw", "hide")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# The librados admin socket of a mount ($cluster, $name and $pid expanded by librados);
+# the directory is made (0700) at mount time.
+ADMIN_SOCKET_DIR = "/run/radosfs"
+ADMIN_SOCKET = ADMIN_SOCKET_DIR + "/$cluster-$name.$pid.asok"
 
 
 class OptionError(ValueError):
@@ -67,6 +71,10 @@ class MountOptions:
     #: namespace, `rbd --namespace`); "" = the default one, with POOL/.ns/ and RBD
     #: namespace directories
     namespace: str = ""
+    # observability
+    metrics_port: int | None = None   # Prometheus text on 127.0.0.1:PORT (0: any free)
+    metrics_file: str | None = None   # ... and/or written to PATH (node_exporter textfile)
+    admin_socket: str | None = None   # None: the default (see ADMIN_SOCKET), "" = none
 
     def kernel_flags(self) -> set[str]:
         return set(self.kernel.values())
@@ -110,6 +118,12 @@ HELP = {
     "log=PATH|stderr|syslog": "where the daemon logs (default: see mount.radosfs(8))",
     "log_level=LEVEL": "debug, info (default), warning or error",
     "debug": "log every request (log_level=debug); does not keep the command in front",
+    "metrics_port=PORT": "serve Prometheus metrics on http://127.0.0.1:PORT/metrics "
+                         "(0: any free port, shown in the stats file)",
+    "metrics_file=PATH": "write Prometheus metrics to PATH every 10 s (node_exporter's "
+                         "textfile collector: a *.prom file); removed at unmount",
+    "admin_socket=PATH|none": "librados admin socket (default "
+                              "/run/radosfs/$cluster-$name.$pid.asok): ceph daemon PATH ...",
 }
 
 
@@ -270,6 +284,15 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
             raise OptionError(f"log_level must be one of {', '.join(LOG_LEVELS)}, "
                               f"not {value!r}")
         mo.log_level = value.lower()
+    elif key == "metrics_port":
+        port = _number(key, need(), int, "a TCP port number")
+        if not 0 <= port <= 65535:
+            raise OptionError(f"metrics_port must be a TCP port (0-65535), not {value!r}")
+        mo.metrics_port = port
+    elif key == "metrics_file":
+        mo.metrics_file = need()
+    elif key == "admin_socket":
+        mo.admin_socket = "" if need() == "none" else value
     elif key in FUSE_FLAGS:
         mo.fuse.add(key)
     elif key in ATIME:

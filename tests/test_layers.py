@@ -12,7 +12,7 @@ import pytest
 PKG = Path(__file__).resolve().parent.parent / "radosfs"
 
 # Lowest first: a module may import from its own layer and from layers before it.
-LAYERS = ["errors", "options", "cache", "client", "store", "tree", "operations", "command", "mount",
+LAYERS = ["errors", "metrics", "options", "cache", "client", "store", "tree", "operations", "command", "mount",
           "dev", "cli"]
 # Node kinds: none imports another (kinds.py builds them all).
 KINDS = {"root", "pooldir", "object_file", "image_pool", "image_file", "snapshots", "stats"}

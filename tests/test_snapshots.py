@@ -408,9 +408,11 @@ def test_striped_files_in_snapshot(cluster, m, pool, tmp_path):
 
 
 def _erofs_everywhere(root: Path, snapdir: Path, file: Path, subdir: Path | None) -> None:
-    """Every change under a snapshot fails with EROFS, by shell tools and by os calls."""
+    """Every change under a snapshot fails with EROFS, by shell tools and by os calls,
+    whatever modes it shows (the real ones: a file may well show write bits)."""
     live_file = root / "live-target"
     live_file.write_bytes(b"live")
+    before = {p: os.lstat(p) for p in (file, snapdir, subdir) if p is not None}
     sh = [
         ["touch", str(snapdir / "new")],                       # create
         ["touch", str(file)],                                  # open for write
@@ -428,6 +430,11 @@ def _erofs_everywhere(root: Path, snapdir: Path, file: Path, subdir: Path | None
         ["setfattr", "-n", "ceph.snap.btime", "-v", "1", str(snapdir)],
         ["mkdir", str(snapdir / "newdir")],
         ["chmod", "600", str(file)],
+        ["chmod", "0", str(snapdir)],
+        ["ln", "-s", "target", str(snapdir / "symlink")],
+        ["ln", str(live_file), str(snapdir / "hardlink")],
+        ["mkfifo", str(snapdir / "fifo")],
+        ["chown", "4321:4321", str(file)],
         ["touch", "-d", "2001-01-01", str(file)],
         ["cp", str(live_file), str(snapdir / "copied")],
         ["touch", str(snapdir.parent / "file-in-snap-root")],  # create in .snap itself
@@ -449,14 +456,17 @@ def _erofs_everywhere(root: Path, snapdir: Path, file: Path, subdir: Path | None
         (os.setxattr, file, "user.k", b"v"), (os.setxattr, snapdir, "user.k", b"v"),
         (os.removexattr, file, "user.k"),
         (os.mkdir, snapdir / "nd"), (os.utime, file, (0, 0)), (os.chmod, file, 0o600),
+        (os.chown, file, 4321, 4321), (os.utime, snapdir, (0, 0)),
     ]
     if subdir is not None:
         ops += [(os.rmdir, subdir), (os.mkdir, subdir / "nd")]
     for fn, *args in ops:
         os_fails(fn, errno.EROFS, *args)
 
-    st = file.stat()
-    assert st.st_mode & 0o222 == 0 and snapdir.stat().st_mode & 0o222 == 0
+    for p, st in before.items():
+        now = os.lstat(p)
+        assert (now.st_mode, now.st_uid, now.st_gid, now.st_size, now.st_mtime_ns) == \
+            (st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_mtime_ns), p
     assert live_file.read_bytes() == b"live"
     assert not (root / "moved-out").exists() and not (root / "r").exists()
 
@@ -477,6 +487,100 @@ def test_pool_snapshot_is_read_only(cluster, m, pool):
     assert (snap / "d" / "b").read_bytes() == b"inner"
     assert (root / "f").read_bytes() == b"content"
     assert os.getxattr(snap / "f", "user.k") == b"1"
+    run(["rmdir", str(snap)])
+
+
+def _stat_tree(top: Path) -> dict[str, tuple]:
+    """Every path under `top` (relative) -> (type and mode, uid, gid, mtime in ns, data
+    or link target)."""
+    out: dict[str, tuple] = {}
+    for p in sorted(top.rglob("*")):
+        st = os.lstat(p)
+        if p.is_symlink():
+            body: bytes | str = os.readlink(p)
+        elif p.is_file():
+            body = p.read_bytes()
+        else:
+            body = ""
+        out[str(p.relative_to(top))] = (oct(st.st_mode), st.st_uid, st.st_gid,
+                                        st.st_mtime_ns, body)
+    return out
+
+
+def test_restore_from_pool_snapshot_keeps_modes_owners_times(cluster, m, pool, tmp_path):
+    """`cp -a`, `rsync -a` and `tar` from `.snap/NAME/` bring back the files' real modes,
+    owners and times (the record at the snapshot), not 0444/0555; the snapshot's files
+    show them too, and refuse every change."""
+    root = m / pool
+    (root / "d").mkdir()
+    os.chmod(root / "d", 0o750)
+    os.chown(root / "d", 1234, 2345)
+    (root / "d" / "secret").write_bytes(b"s" * 1000)
+    os.chmod(root / "d" / "secret", 0o600)
+    os.chown(root / "d" / "secret", 1234, 2345)
+    (root / "script").write_bytes(b"#!/bin/sh\necho hi\n")
+    os.chmod(root / "script", 0o755)
+    (root / "plain").write_bytes(b"plain")
+    os.symlink("d/secret", root / "link")
+    os.utime(root / "plain", ns=(1_000_000_000_123_456_789, 1_100_000_000_987_654_321))
+    os.utime(root / "d" / "secret", ns=(1_200_000_000_000_000_000, 1_300_000_000_000_000_001))
+    want = _stat_tree(root)
+    assert want["d/secret"][:3] == (oct(0o100600), 1234, 2345)
+    assert want["script"][0] == oct(0o100755) and want["d"][0] == oct(0o40750)
+    run(["mkdir", str(root / ".snap" / "bk")])
+    snap = root / ".snap" / "bk"
+    # the live files change after the snapshot: the snapshot keeps what they were
+    os.chmod(root / "d" / "secret", 0o644)
+    os.chown(root / "d" / "secret", 0, 0)
+    os.chmod(root / "script", 0o700)
+    (root / "plain").write_bytes(b"changed")
+    assert _stat_tree(snap) == want
+    st = os.stat(snap / "d" / "secret")
+    assert oct(st.st_mode) == oct(0o100600) and st.st_mtime_ns == 1_300_000_000_000_000_001
+    # the three restores
+    restores = {"cp": tmp_path / "cp", "rsync": tmp_path / "rsync", "tar": tmp_path / "tar"}
+    run(["cp", "-a", f"{snap}/.", str(restores["cp"])])
+    run(["rsync", "-a", f"{snap}/", str(restores["rsync"])])
+    restores["tar"].mkdir()
+    run(f"tar -C '{snap}' --format=posix -cf - . | tar -C '{restores['tar']}' -xpf - --same-owner")
+    for how, dest in restores.items():
+        got = _stat_tree(dest)
+        if how == "rsync":  # rsync -a sets no symlink times (it is rsync's choice)
+            got["link"] = got["link"][:3] + want["link"][3:]
+        assert got == want, (how, {k: (got.get(k), v) for k, v in want.items()
+                                   if got.get(k) != v})
+        # and stat(1), as a user would look
+        out = run(["stat", "-c", "%a %u %g %Y", str(dest / "d" / "secret")]).stdout.split()
+        assert out == [b"600", b"1234", b"2345", b"1300000000"], how
+    # refusals: nothing of the snapshot (nor of HEAD) changes on the cluster
+    heads = run(["rados", "-p", pool, "ls"], cluster).stdout
+    _erofs_everywhere(root, snap, snap / "d" / "secret", snap / "d")
+    assert _stat_tree(snap) == want
+    assert rados_get(cluster, pool, "d/secret", "bk") == b"s" * 1000
+    assert rados_get(cluster, pool, "plain", "bk") == b"plain"
+    assert set(run(["rados", "-p", pool, "ls"], cluster).stdout.split()) == \
+        set(heads.split()) | {b"live-target"}
+    run(["rmdir", str(snap)])
+
+
+def test_image_snapshot_shows_the_image_mode(cluster, m, image_pool, tmp_path):
+    """An image at a snapshot shows the image's mode and owner (RBD keeps image metadata,
+    where the record is, only at HEAD) and the snapshot's time; cp -a keeps them."""
+    root = m / image_pool
+    (root / "img").write_bytes(b"I" * 8192)
+    os.chmod(root / "img", 0o640)
+    os.chown(root / "img", 777, 888)
+    run(["mkdir", str(root / ".snap" / "s")])
+    snap = root / ".snap" / "s"
+    st = os.stat(snap / "img")
+    assert (oct(st.st_mode), st.st_uid, st.st_gid) == (oct(0o100640), 777, 888)
+    run(["cp", "-a", str(snap / "img"), str(tmp_path / "img")])
+    st2 = os.stat(tmp_path / "img")
+    assert (oct(st2.st_mode), st2.st_uid, st2.st_gid, st2.st_mtime_ns) == \
+        (oct(0o100640), 777, 888, st.st_mtime_ns)
+    shell_fails(["sh", "-c", f"echo x >> {snap / 'img'}"], errno.EROFS)
+    os_fails(os.chmod, errno.EROFS, snap / "img", 0o600)
+    assert rbd_export(cluster, f"{image_pool}/img@s") == b"I" * 8192
     run(["rmdir", str(snap)])
 
 

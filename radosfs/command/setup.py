@@ -15,6 +15,7 @@ import pyfuse3
 
 from ..client.connection import ClientConfig
 from ..options import MountOptions, parse_options
+from .exporter import admin_socket_path
 
 log = logging.getLogger("radosfs")
 
@@ -48,6 +49,15 @@ def resolve_options(args: argparse.Namespace) -> MountOptions:
                 f.read(1)
         except OSError as exc:
             raise MountError(f"cannot read {what} {path}: {exc.strerror}") from None
+    for what in ("metrics_file", "admin_socket"):
+        path = getattr(mo, what)
+        if path:   # the daemon changes to / first
+            setattr(mo, what, os.path.abspath(path))
+    if mo.metrics_file:
+        where = os.path.dirname(mo.metrics_file)
+        if not os.path.isdir(where) or not os.access(where, os.W_OK):
+            raise MountError(f"metrics_file={mo.metrics_file}: cannot write in {where} "
+                             f"(it must be a writable directory)")
     if mo.log not in (None, "stderr", "syslog"):
         mo.log = os.path.abspath(mo.log)
         try:
@@ -117,7 +127,7 @@ def client_config(mo: MountOptions) -> ClientConfig:
                         connect_timeout=mo.connect_timeout, op_timeout=mo.op_timeout,
                         cluster=mo.cluster, mon_host=mo.mon_host,
                         key=read_secret(mo.secretfile) if mo.secretfile else None,
-                        ceph_options=dict(mo.ceph))
+                        ceph_options=dict(mo.ceph), admin_socket=admin_socket_path(mo))
 
 
 def check_mountpoint(path: str) -> str:

@@ -64,6 +64,16 @@ class Node:
         if not self.writable:
             raise RadosFSError(errno.EROFS, "read-only")
 
+    def shown_perm(self, perm: int) -> int:
+        """The permission bits `ls -l` shows for stored bits `perm`: without write bits
+        where the whole mount or pool is read-only (`ro`, foreign_pools=ro); the real ones
+        on read-only nodes under `.snap`, as CephFS shows them, so that `cp -a`, `rsync -a`
+        and `tar` restore a backup with its modes -- every change there is refused with
+        EROFS all the same (`check_writable`)."""
+        if self.fs.options.ro or self.fs.foreign_read_only(getattr(self, "pool", None)):
+            return perm & ~0o222
+        return perm
+
     async def attributes(self) -> pyfuse3.EntryAttributes:
         raise NotImplementedError
 
@@ -99,6 +109,22 @@ class Node:
     async def set_xattr(self, key: str, value: bytes) -> None:
         raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
 
+    # `ceph.*` and other names outside user.*: what radosfs itself shows (never stored)
+
+    async def get_ceph_xattr(self, name: str) -> bytes:
+        """Asked for `security.capability` on every write: answered without a round trip
+        unless a kind knows the name."""
+        value = self.virtual_xattrs.get(name)
+        if value is None:
+            raise RadosFSError(errno.ENODATA, f"no xattr {name}")
+        return value
+
+    async def set_ceph_xattr(self, name: str, value: bytes) -> None:
+        raise RadosFSError(errno.ENOTSUP, "only user.* xattrs on files are stored")
+
+    async def remove_ceph_xattr(self, name: str) -> None:
+        raise RadosFSError(errno.ENODATA, f"no xattr {name}")
+
     async def remove_xattr(self, key: str) -> None:
         raise RadosFSError(errno.ENODATA, f"no xattr {key}")
 
@@ -133,9 +159,8 @@ class DirNode(Node):
     def dir_attrs(self, record: Ownership, stored: float | None) -> pyfuse3.EntryAttributes:
         """A directory's attributes from its record and its marker's RADOS mtime (None: no
         marker: the mount time)."""
-        mode = self.fs.options.dir_mode() if record.mode is None else record.mode
-        if not self.writable:
-            mode &= ~0o222
+        mode = self.shown_perm(self.fs.options.dir_mode() if record.mode is None
+                               else record.mode)
         return self._attrs(stat.S_IFDIR | mode, nlink=2, owner=record,
                            times=record.shown(stored, self.fs.mount_time))
 
@@ -306,9 +331,8 @@ class FileNode(Node):
         times = owner.shown(mtime, self.fs.mount_time)
         if owner.symlink:
             return self._attrs(stat.S_IFLNK | 0o777, size, owner=owner, times=times)
-        mode = self.fs.options.file_mode() if owner.mode is None else owner.mode
-        if not self.writable:
-            mode &= ~0o222
+        mode = self.shown_perm(self.fs.options.file_mode() if owner.mode is None
+                               else owner.mode)
         return self._attrs(stat.S_IFREG | mode, size, owner=owner, times=times)
 
     # ---- data ----------------------------------------------------------------------------

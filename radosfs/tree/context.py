@@ -23,6 +23,7 @@ import trio
 from ..cache import PageCache
 from ..client.bridge import Bridge
 from ..client.connection import Connection
+from ..metrics import RequestMetrics
 from ..options import MountOptions
 from ..store.image_pools import ImagePools
 from ..store.keys import StoreKey
@@ -51,6 +52,10 @@ class MountContext:
         self._flags: dict[tuple[str, str], PoolFlag] = {}
         self._indexes: dict[tuple[str, str | None, str], PoolIndex] = {}
         self._foreign: dict[str, bool] = {}
+        #: every FUSE request answered (operations.fuse_errors records them)
+        self.requests = RequestMetrics()
+        #: where the mount's metrics and admin socket are (set by the mount command)
+        self.exported: dict[str, str | int | None] = {}
         self._views: dict[str, MountContext] = {self.namespace: self}
 
     @property
@@ -120,9 +125,14 @@ class MountContext:
             flag = self._flags[key] = PoolFlag()
         return flag
 
-    async def has_overrides(self, pool: str, io: rados.Ioctx) -> bool:
-        """Whether objects of `pool` may carry mode/owner overrides (see ownership.py)."""
-        return await pool_has_overrides(self.bridge, io, self.pool_flag(pool))
+    async def has_overrides(self, pool: str, io: rados.Ioctx | None = None) -> bool:
+        """Whether objects of `pool` may carry mode/owner overrides (see ownership.py).
+
+        Asked of HEAD whatever `io` reads (a snapshot's ioctx would not see a flag made
+        after it, and the answer is cached for the pool): the flag is never removed, so
+        with it at HEAD a record may be there at any snapshot too."""
+        head = await self.conn.ioctx(pool)
+        return await pool_has_overrides(self.bridge, head, self.pool_flag(pool))
 
     def counters(self) -> dict:
         o = self.options
@@ -130,7 +140,9 @@ class MountContext:
                           "conf": o.conf, "mon_host": o.mon_host, "cluster": o.cluster,
                           "pools": o.pools or None, "foreign_pools": o.foreign_pools,
                           "namespace": o.namespace,
-                          "cache_size": o.cache_size, "since": int(self.mount_time)},
+                          "cache_size": o.cache_size, "since": int(self.mount_time),
+                          **self.exported},
                 "cache": self.cache.counters(),
                 "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
-                              bytes_in_flight=self.bridge.throttle.bytes)}
+                              bytes_in_flight=self.bridge.throttle.bytes),
+                "requests": self.requests.counters()}

@@ -62,6 +62,11 @@ class ImageFile(FileNode):
 
     async def stat_stored(self) -> tuple[int, float]:
         if self.snapshot is not None:
+            # RBD keeps image metadata (where the record is) only at HEAD: a snapshot
+            # shows the image's mode and owner as they are now, its times the snapshot's.
+            io = await self.fs.images.ioctx(self.pool)
+            record = await image_record(self.fs.bridge, io, self.image_id)
+            self.owner = record.owner_only
             size, mtime = await (await self.backend()).stat()
         else:
             io = await self.fs.images.ioctx(self.pool)

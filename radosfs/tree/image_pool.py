@@ -22,13 +22,14 @@ from .base import DirNode, Entry, FileNode, Node
 from .context import MountContext
 from .inodes import IMAGE_POOL, NodeKey, image_key
 from .names import SNAPDIR, check_component, shows_as_component, valid_path_name
+from .pool_xattrs import PoolXattrs
 
 log = logging.getLogger(__name__)
 
 STAT_BATCH = 256                 # images stat'ed concurrently per readdir batch
 
 
-class ImagePool(DirNode):
+class ImagePool(PoolXattrs, DirNode):
     """The directory of a pool whose applications include 'rbd' (or of one RBD namespace
     of it): one file per image, one directory per RBD namespace.
 
@@ -55,6 +56,12 @@ class ImagePool(DirNode):
 
     def file_node(self, name: str, image_id: str) -> FileNode:
         return self.kinds.image_file(self.pool, name, image_id)
+
+    @property
+    def is_pool_root(self) -> bool:
+        """The pool's own directory, not an RBD namespace's below it (a quota is the
+        whole pool's: tree/pool_xattrs.py)."""
+        return self.namespace == self.fs.options.namespace
 
     async def _namespace_dir(self, name: str) -> DirNode:
         return await self.kinds.in_namespace(name).pool(self.pool)

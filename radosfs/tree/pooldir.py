@@ -34,6 +34,7 @@ from .names import (NOT_UTF8, NSDIR, SNAPDIR, check_component, check_object_name
                     path_problem)
 from .pool_listing import PoolListing
 from .pool_state import BTIME_XATTR, PoolView, btime
+from .pool_xattrs import PoolXattrs
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
 POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
-class PoolDir(PoolListing):
+class PoolDir(PoolXattrs, PoolListing):
     """A directory of an object pool: the pool itself (prefix '') or a '/'-prefix in it,
     at HEAD or, read-only, at a pool snapshot (`view`: then prefix '' is `.snap/NAME/`)."""
 
@@ -69,6 +70,13 @@ class PoolDir(PoolListing):
         return await self.fs.conn.ioctx(self.pool)
 
     # ---- the directory's own metadata -------------------------------------------------
+
+    @property
+    def is_pool_root(self) -> bool:
+        """The pool directory itself (its quota xattrs: tree/pool_xattrs.py) -- not a
+        directory below it, a snapshot of it, or `.ns/NS/` (a quota is the whole pool's)."""
+        return (not self.prefix and self.view is None
+                and self.namespace == self.fs.options.namespace)
 
     @property
     def marker_oid(self) -> str:
@@ -109,11 +117,6 @@ class PoolDir(PoolListing):
         self.remember_dir(got["stored"], got["record"])  # type: ignore[arg-type]
 
     async def attributes(self):
-        if self.view is not None and not self.prefix:
-            a = await super().attributes()
-            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(
-                self.view.stamp.timestamp() * 1e9)
-            return a
         if time.monotonic() - self._fresh_at >= FRESH_SECONDS:
             if self.prefix:
                 await self._read_dir()
@@ -139,6 +142,13 @@ class PoolDir(PoolListing):
                                 "%.0f s; showing what was last read", self.pool,
                                 POOL_META_WAIT)
         self._fresh_at = -1e9
+        if self.view is not None and not self.prefix:
+            # `.snap/NAME/`: the pool directory's mode and owner as they were at the
+            # snapshot (its record, read there), and the snapshot's time.
+            a = self.dir_attrs(self.record.owner_only, None)
+            a.st_mtime_ns = a.st_ctime_ns = a.st_atime_ns = int(
+                self.view.stamp.timestamp() * 1e9)
+            return a
         stored = self.stored
         if not self.prefix and not self.record.valid_times(stored):
             stored = None  # the flag object's own mtime is not the pool directory's
