@@ -21,7 +21,7 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError
-from ..store.rados_ops import create_object, operate_aio, stat_object
+from ..store.rados_ops import create_object, operate_aio, read_object, stat_object
 from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
                                now_ns, owner_xattrs, read_ownership, stamp_for,
@@ -38,6 +38,7 @@ from .pool_state import BTIME_XATTR, PoolView, btime
 log = logging.getLogger(__name__)
 
 SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
+LOOKUP_READ = 64 << 10     # what a lookup reads along with its stats (a small file whole)
 POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
@@ -246,14 +247,26 @@ class PoolDir(PoolListing):
                     raise
                 results[o] = None
 
+        content: list[bytes | None] = [None]
+
+        async def read_probe() -> None:
+            # In parallel with the stats, the first bytes: for a small file, all of it,
+            # so the open and read that usually follow need no round trip of their own.
+            try:
+                content[0] = await read_object(bridge, io, oid, 0, LOOKUP_READ)
+            except RadosFSError:
+                pass  # ENOENT, or whatever the stat of the same object reports
+
         head = piece_name(oid, 0)
         async with concurrently() as n:
             for o in (oid, oid + "/", head):
                 n.start_soon(probe, o)
             n.start_soon(owner_probe)
+            if self.snap is None:
+                n.start_soon(read_probe)
         if results[oid] is not None:
             node = self.file_node(oid)
-            node.remember(*results[oid], owner=owner[0], fresh=True)
+            node.remember(*results[oid], owner=owner[0], fresh=True, content=content[0])
             return node
         if results[head] is not None:
             layout = await read_head(bridge, io, oid)
