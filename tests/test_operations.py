@@ -228,3 +228,30 @@ def test_open_right_after_lookup_uses_its_answer(handle, pool, rados, monkeypatc
         assert await calls(open_it()) >= 1
         await ops.release(opened[0].fh)
     in_process(handle, body)
+
+
+def test_lookup_of_a_name_not_in_a_fresh_listing_needs_no_round_trip(handle, pool, rados):
+    """In a directory this mount just made, a missing name is answered from what the mount
+    knows (no RADOS call) while that knowledge is younger than attr_timeout; a name the
+    mount made since is found; another client's new name shows once the window is over
+    (and at once with attr_timeout=0)."""
+    async def body(ops: Operations):
+        stats = ops.fs.bridge.stats
+        pool_ino = (await ops.lookup(ROOT, pool.encode())).st_ino
+        d = (await ops.mkdir(pool_ino, b"d", 0o755, Ctx())).st_ino
+        before = stats["aio_ops"] + stats["thread_calls"]
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(d, b"x")
+        assert errno_of(e) == errno.ENOENT
+        assert stats["aio_ops"] + stats["thread_calls"] == before
+        fi, attrs = await ops.create(d, b"x", 0o100644, os.O_WRONLY, Ctx())
+        await ops.release(fi.fh)
+        assert (await ops.lookup(d, b"x")).st_ino == attrs.st_ino
+        rados(pool, "put", "d/y", "/etc/hostname")
+        with pytest.raises(pyfuse3.FUSEError) as e:   # inside the window: as documented
+            await ops.lookup(d, b"y")
+        assert errno_of(e) == errno.ENOENT
+        ops.fs.options.attr_timeout = 0.0
+        assert (await ops.lookup(d, b"y")).st_size == len(rados(pool, "get", "d/y", "-"))
+    in_process(handle, body, attr_timeout=60.0)
+    assert set(rados(pool, "ls").split()) == {b"d/", b"d/x", b"d/y"}

@@ -225,6 +225,11 @@ class PoolDir(PoolListing):
             raise RadosFSError(errno.ENOENT, f"{name} is reserved by radosfs")
         oid = self.child_key(name)
         check_object_name(oid + "/")
+        if self.snap is None and self.fs.pool_index(self.pool).absent(
+                self.prefix, name, self.fs.options.attr_timeout):
+            # Not in a listing of this directory younger than attr_timeout, and not made
+            # by this mount since (docs/semantics.md): no round trip.
+            raise RadosFSError(errno.ENOENT, f"{self.pool}/{oid}")
         io = await self.ioctx()
         bridge = self.fs.bridge
         results: dict[str, tuple[int, float] | None] = {}
@@ -284,6 +289,10 @@ class PoolDir(PoolListing):
             node = self.dir_node(oid + "/")
             node.remember_dir(results[oid + "/"][1], owner[1])  # type: ignore[attr-defined]
             return node
+        if self.snap is None:
+            # Names looked up and not found here: creates are coming; keep the names of
+            # this directory from the next listing on, to answer the next such lookups.
+            self.fs.pool_index(self.pool).track(self.prefix)
         idx = await self.index()
         if oid + "/" in idx.dirs:
             node = self.dir_node(oid + "/")
@@ -301,9 +310,14 @@ class PoolDir(PoolListing):
         owner = owner.owner_only
         if owner != NO_OVERRIDE:
             await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        idx = self.fs.pool_index(self.pool)
+        # Nothing was under it as of the listing that said the name was free.
+        empty_since = idx.listed_at
         mtime = await create_object(self.fs.bridge, io, marker, owner_xattrs(owner))
-        self.fs.pool_index(self.pool).add_path(marker)
-        self.fs.pool_index(self.pool).markers.add(marker)
+        idx.add_path(marker)
+        idx.markers.add(marker)
+        if self.snap is None and not idx.has_snaps:
+            idx.track(marker, empty_since=empty_since)
         await self._changed()
         child = self.dir_node(marker)
         child.remember_dir(float(mtime), owner)  # type: ignore[attr-defined]
