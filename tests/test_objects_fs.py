@@ -597,16 +597,24 @@ def test_inodes_the_kernel_forgets_leave_the_daemon(mnt, pool, rados, tmp_path):
     assert rados_get(rados, pool, "f42", tmp_path) == b"42"
 
 
-def test_a_name_made_elsewhere_shows_once_attr_timeout_is_over(mnt, pool, rados, tmp_path):
-    """A lookup may answer "no such file" from a listing younger than attr_timeout (1 s
-    here, docs/semantics.md), never from an older one: a name another client makes in a
-    directory this mount just made and looked in shows after the window."""
+def test_a_name_made_elsewhere_shows_at_once_or_after_negative_timeout(
+        mnt, mount_factory, pool, rados, tmp_path):
+    """By default a missing name is always asked of the cluster: an object another client
+    makes can be opened at once. With negative_timeout=1 a lookup may answer "no such
+    file" from a listing younger than that (docs/semantics.md), never from an older one."""
+    src = tmp_path / "y"
+    src.write_bytes(b"made elsewhere")
     d = mnt / pool / "d"
     d.mkdir()
     assert not (d / "y").exists()
-    src = tmp_path / "y"
-    src.write_bytes(b"made elsewhere")
     rados(pool, "put", "d/y", str(src))
-    time.sleep(1.5)
     assert (d / "y").read_bytes() == b"made elsewhere"
-    assert sorted(os.listdir(d)) == ["y"]
+
+    m = mount_factory("negative_timeout=1")
+    e = m / pool / "e"
+    e.mkdir()
+    assert not (e / "y").exists()
+    rados(pool, "put", "e/y", str(src))
+    time.sleep(1.5)
+    assert (e / "y").read_bytes() == b"made elsewhere"
+    assert sorted(os.listdir(e)) == ["y"]

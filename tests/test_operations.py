@@ -231,10 +231,10 @@ def test_open_right_after_lookup_uses_its_answer(handle, pool, rados, monkeypatc
 
 
 def test_lookup_of_a_name_not_in_a_fresh_listing_needs_no_round_trip(handle, pool, rados):
-    """In a directory this mount just made, a missing name is answered from what the mount
-    knows (no RADOS call) while that knowledge is younger than attr_timeout; a name the
-    mount made since is found; another client's new name shows once the window is over
-    (and at once with attr_timeout=0)."""
+    """negative_timeout: in a directory this mount just made, a missing name is answered
+    from what the mount knows (no RADOS call) while that knowledge is younger than the
+    window; a name the mount made since is found; another client's new name shows once
+    the window is over (at once with negative_timeout=0, the default)."""
     async def body(ops: Operations):
         stats = ops.fs.bridge.stats
         pool_ino = (await ops.lookup(ROOT, pool.encode())).st_ino
@@ -251,7 +251,7 @@ def test_lookup_of_a_name_not_in_a_fresh_listing_needs_no_round_trip(handle, poo
         with pytest.raises(pyfuse3.FUSEError) as e:   # inside the window: as documented
             await ops.lookup(d, b"y")
         assert errno_of(e) == errno.ENOENT
-        ops.fs.options.attr_timeout = 0.0
+        ops.fs.options.negative_timeout = 0.0
         assert (await ops.lookup(d, b"y")).st_size == len(rados(pool, "get", "d/y", "-"))
-    in_process(handle, body, attr_timeout=60.0)
+    in_process(handle, body, negative_timeout=60.0)
     assert set(rados(pool, "ls").split()) == {b"d/", b"d/x", b"d/y"}

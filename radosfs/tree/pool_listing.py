@@ -92,7 +92,7 @@ class PoolListing(DirNode):
         skipped = Skipped()
         started = time.monotonic()
         names = await self._listing(skipped)
-        if self.snap is None:
+        if self.snap is None and self.fs.options.negative_timeout > 0:
             # A listing is often followed by creates in the same directory (rsync, cp -r).
             idx = self.fs.pool_index(self.pool)
             idx.track(self.prefix)

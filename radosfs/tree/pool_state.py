@@ -110,7 +110,7 @@ class PoolIndex:
                 self.names[prefix] = (names, started)
 
     def absent(self, prefix: str, name: str, window: float) -> bool:
-        """Whether a listing younger than `window` seconds (attr_timeout) says `name` is not
+        """Whether a listing younger than `window` seconds (negative_timeout) says `name` is not
         in directory `prefix`, and this mount has made no object of that name since."""
         known = self.names.get(prefix)
         return (known is not None and time.monotonic() - known[1] < window

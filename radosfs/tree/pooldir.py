@@ -225,10 +225,11 @@ class PoolDir(PoolListing):
             raise RadosFSError(errno.ENOENT, f"{name} is reserved by radosfs")
         oid = self.child_key(name)
         check_object_name(oid + "/")
-        if self.snap is None and self.fs.pool_index(self.pool).absent(
-                self.prefix, name, self.fs.options.attr_timeout):
-            # Not in a listing of this directory younger than attr_timeout, and not made
-            # by this mount since (docs/semantics.md): no round trip.
+        if self.snap is None and self.fs.options.negative_timeout > 0 and \
+                self.fs.pool_index(self.pool).absent(self.prefix, name,
+                                                     self.fs.options.negative_timeout):
+            # Not in a listing of this directory younger than negative_timeout, and not
+            # made by this mount since (docs/semantics.md): no round trip.
             raise RadosFSError(errno.ENOENT, f"{self.pool}/{oid}")
         io = await self.ioctx()
         bridge = self.fs.bridge
@@ -289,7 +290,7 @@ class PoolDir(PoolListing):
             node = self.dir_node(oid + "/")
             node.remember_dir(results[oid + "/"][1], owner[1])  # type: ignore[attr-defined]
             return node
-        if self.snap is None:
+        if self.snap is None and self.fs.options.negative_timeout > 0:
             # Names looked up and not found here: creates are coming; keep the names of
             # this directory from the next listing on, to answer the next such lookups.
             self.fs.pool_index(self.pool).track(self.prefix)
@@ -316,7 +317,7 @@ class PoolDir(PoolListing):
         mtime = await create_object(self.fs.bridge, io, marker, owner_xattrs(owner))
         idx.add_path(marker)
         idx.markers.add(marker)
-        if self.snap is None and not idx.has_snaps:
+        if self.snap is None and not idx.has_snaps and self.fs.options.negative_timeout > 0:
             idx.track(marker, empty_since=empty_since)
         await self._changed()
         child = self.dir_node(marker)
