@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
 LOOKUP_READ = 64 << 10     # what a lookup reads along with its stats (a small file whole)
+LOOKUP_READ_SKIP = 2       # ... unless this many lookups in a row here found nothing
 POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
@@ -62,6 +63,9 @@ class PoolDir(PoolListing):
         self.stored: float | None = None
         self._fresh_at = -1e9
         self._denied_logged = False
+        #: lookups here in a row that found nothing (a burst of creates): past
+        #: LOOKUP_READ_SKIP, lookups stop reading the first bytes along (see `lookup`)
+        self._misses = 0
 
     async def ioctx(self) -> rados.Ioctx:
         if self.view is not None:
@@ -257,7 +261,9 @@ class PoolDir(PoolListing):
 
         async def read_probe() -> None:
             # In parallel with the stats, the first bytes: for a small file, all of it,
-            # so the open and read that usually follow need no round trip of their own.
+            # so the open and read that usually follow need no round trip of their own
+            # (not in a burst of lookups that find nothing: creates, whose lookups it
+            # would only cost an operation each).
             try:
                 content[0] = await read_object(bridge, io, oid, 0, LOOKUP_READ)
             except RadosFSError:
@@ -268,8 +274,9 @@ class PoolDir(PoolListing):
             for o in (oid, oid + "/", head):
                 n.start_soon(probe, o)
             n.start_soon(owner_probe)
-            if self.snap is None:
+            if self.snap is None and self._misses < LOOKUP_READ_SKIP:
                 n.start_soon(read_probe)
+        self._misses = 0 if any(r is not None for r in results.values()) else self._misses + 1
         if results[oid] is not None:
             node = self.file_node(oid)
             node.remember(*results[oid], owner=owner[0], fresh=True, content=content[0])
