@@ -91,7 +91,7 @@ class DirHandle:
 
     def __init__(self, node: DirNode) -> None:
         self.node = node
-        self.entries: list[tuple[bytes, pyfuse3.EntryAttributes]] = []
+        self.entries: list[tuple[bytes, Node, pyfuse3.EntryAttributes]] = []
         self.source = None
         self.done = False
 
@@ -200,11 +200,23 @@ class Operations(pyfuse3.Operations):
                 self._timed_out[key] = trio.current_time()
             raise
         self._timed_out.pop(key, None)
+        self.fs.table.seen(node)
         return attrs
 
     async def forget(self, inode_list) -> None:
-        # Inode numbers are kept for the life of the mount (see tree.inodes.InodeTable).
-        return None
+        """The kernel dropped inodes: those it no longer knows at all leave the table
+        (not the root, nor a node `pinned` by open or unwritten data), so the daemon's
+        memory follows what the kernel holds, not every name it was ever shown."""
+        table = self.fs.table
+        for ino, nlookup in inode_list:
+            node = table.forget(ino, nlookup)
+            if node is not None and not cast(Node, node).pinned:
+                table.remove(node)
+
+    def _entry(self, node: Node, attrs: pyfuse3.EntryAttributes) -> pyfuse3.EntryAttributes:
+        """A reply that gives the kernel an inode: one lookup count more."""
+        self.fs.table.seen(node)
+        return attrs
 
     @fuse_errors
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes,
@@ -252,9 +264,10 @@ class Operations(pyfuse3.Operations):
         i = start_id
         while True:
             while i < len(dh.entries):
-                name, attrs = dh.entries[i]
+                name, node, attrs = dh.entries[i]
                 if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
                     return
+                self.fs.table.seen(node)  # readdirplus: the kernel now holds it
                 i += 1
             if dh.done:
                 return
@@ -266,7 +279,7 @@ class Operations(pyfuse3.Operations):
                 dh.done = True
                 continue
             for name, node, attrs in batch:
-                dh.entries.append((name.encode("utf-8"), attrs))
+                dh.entries.append((name.encode("utf-8"), node, attrs))
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:
@@ -282,7 +295,7 @@ class Operations(pyfuse3.Operations):
         check_component(text)
         node = await parent.mkdir(text, self._owner_for_create(
             mode, ctx, self.fs.options.dir_mode()))
-        return await node.attributes()
+        return self._entry(node, await node.attributes())
 
     @fuse_errors
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
@@ -292,7 +305,7 @@ class Operations(pyfuse3.Operations):
         text = _name(name)
         check_component(text)
         node = await parent.symlink(text, target, self._owner_for_create(0o777, ctx))
-        return await node.attributes()
+        return self._entry(node, await node.attributes())
 
     @fuse_errors
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
@@ -307,7 +320,7 @@ class Operations(pyfuse3.Operations):
             node = await parent.create(text, self._owner_for_create(mode, ctx))
         else:
             node = await parent.mknod(text, mode)
-        return await node.attributes()
+        return self._entry(node, await node.attributes())
 
     @fuse_errors
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
@@ -315,7 +328,7 @@ class Operations(pyfuse3.Operations):
         parent = self._dir(new_parent_inode)
         parent.check_writable()
         node = await parent.link(self._node(inode), _name(new_name))
-        return await node.attributes()
+        return self._entry(node, await node.attributes())
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx) -> None:
@@ -373,7 +386,7 @@ class Operations(pyfuse3.Operations):
         check_component(text)
         node = await parent.create(text, self._owner_for_create(mode, ctx))
         f, _ = await node.open(True, False)
-        return self._handle(node, f, True, False), await node.attributes()
+        return self._handle(node, f, True, False), self._entry(node, await node.attributes())
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

@@ -49,6 +49,8 @@ class MountOptions:
     connect_timeout: float = 10.0
     op_timeout: float = 30.0
     attr_timeout: float = 1.0
+    #: how long a listing may answer "no such name" without asking the cluster (0: never)
+    negative_timeout: float = 0.0
     readahead_kb: int = 1024
     fuse: set[str] = field(default_factory=set)
     #: noatime (default: reads never write), relatime or strictatime (see docs/options.md)
@@ -112,6 +114,8 @@ HELP = {
     "connect_timeout=SECONDS": "give up connecting after this long (default 10)",
     "op_timeout=SECONDS": "a cluster operation fails with EIO after this long (default 30)",
     "attr_timeout=SECONDS": "how long the kernel caches names and attributes (default 1)",
+    "negative_timeout=SECONDS": "how long a listing may answer that a name does not exist, "
+                                "without asking the cluster (default 0: never)",
     "noatime / relatime / strictatime": "whether opening a file for reading stores a new "
                                         "atime (default noatime: reads never write)",
     "readahead_kb=N": "kernel read-ahead for the mount, in KiB (default 1024; root only)",
@@ -259,6 +263,11 @@ def _apply(mo: MountOptions, key: str, value: str, has_value: bool) -> None:
         if v < 0:
             raise OptionError(f"attr_timeout must be 0 or more, not {value!r}")
         mo.attr_timeout = v
+    elif key == "negative_timeout":
+        v = _number(key, need(), float, "a number of seconds")
+        if v < 0:
+            raise OptionError(f"negative_timeout must be 0 or more, not {value!r}")
+        mo.negative_timeout = v
     elif key == "readahead_kb":
         mo.readahead_kb = int(positive(int))
     elif key == "fsname":

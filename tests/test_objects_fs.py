@@ -571,3 +571,50 @@ def test_mkdir_at_root_creates_pool_rmdir_needs_allow_pool_delete(mnt, mount_fac
     finally:
         if name in cluster.ceph("osd", "pool", "ls").split():
             cluster.ceph("osd", "pool", "rm", name, name, "--yes-i-really-really-mean-it")
+
+
+def test_inodes_the_kernel_forgets_leave_the_daemon(mnt, pool, rados, tmp_path):
+    """forget works: once the kernel drops its dentries and inodes (drop_caches), the
+    daemon's inode table no longer holds the files it was shown, and the names still
+    resolve (a new lookup) with the right contents."""
+    d = mnt / pool
+    for i in range(60):
+        (d / f"f{i:02d}").write_bytes(b"%d" % i)
+    assert len(os.listdir(d)) == 60
+
+    def known() -> int:
+        return json.loads((mnt / ".radosfs-stats").read_text())["inodes"]["known"]
+    held = known()
+    assert held >= 60
+    deadline = time.monotonic() + 30
+    while known() > held - 60 and time.monotonic() < deadline:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("2\n")
+        time.sleep(0.5)
+    assert known() <= held - 60
+    assert sorted(os.listdir(d)) == [f"f{i:02d}" for i in range(60)]
+    assert (d / "f42").read_bytes() == b"42"
+    assert rados_get(rados, pool, "f42", tmp_path) == b"42"
+
+
+def test_a_name_made_elsewhere_shows_at_once_or_after_negative_timeout(
+        mnt, mount_factory, pool, rados, tmp_path):
+    """By default a missing name is always asked of the cluster: an object another client
+    makes can be opened at once. With negative_timeout=1 a lookup may answer "no such
+    file" from a listing younger than that (docs/semantics.md), never from an older one."""
+    src = tmp_path / "y"
+    src.write_bytes(b"made elsewhere")
+    d = mnt / pool / "d"
+    d.mkdir()
+    assert not (d / "y").exists()
+    rados(pool, "put", "d/y", str(src))
+    assert (d / "y").read_bytes() == b"made elsewhere"
+
+    m = mount_factory("negative_timeout=1")
+    e = m / pool / "e"
+    e.mkdir()
+    assert not (e / "y").exists()
+    rados(pool, "put", "e/y", str(src))
+    time.sleep(1.5)
+    assert (e / "y").read_bytes() == b"made elsewhere"
+    assert sorted(os.listdir(e)) == ["y"]

@@ -144,3 +144,114 @@ def test_stats_file_is_a_read_only_node(handle):
         assert {"cache", "rados"} <= set(stats)
         assert stats["cache"]["budget"] == 64 << 20
     in_process(handle, body)
+
+
+def test_forget_drops_the_inodes_the_kernel_forgot(handle, pool, rados):
+    """A node leaves the inode table once the kernel has forgotten every lookup of it (a
+    new lookup gets a new node and number); a file open with unwritten data stays."""
+    rados(pool, "put", "f", "/etc/hostname")
+
+    async def body(ops: Operations):
+        table = ops.fs.table
+        pool_ino = (await ops.lookup(ROOT, pool.encode())).st_ino
+        ino = (await ops.lookup(pool_ino, b"f")).st_ino
+        assert (await ops.lookup(pool_ino, b"f")).st_ino == ino   # two lookup counts
+        await ops.forget([(ino, 1)])
+        assert (await ops.getattr(ino)).st_ino == ino              # one still held
+        await ops.forget([(ino, 1)])
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getattr(ino)
+        assert errno_of(e) == errno.ENOENT
+        assert ino not in table.by_ino and ino not in table.lookups
+        again = (await ops.lookup(pool_ino, b"f")).st_ino
+        assert again != ino and table.lookups[again] == 1
+
+        # Created, written, not yet flushed: forgotten by the kernel, kept by the mount.
+        fi, attrs = await ops.create(pool_ino, b"g", 0o100644, os.O_WRONLY, Ctx())
+        await ops.write(fi.fh, 0, b"unwritten")
+        await ops.forget([(attrs.st_ino, 1)])
+        assert (await ops.getattr(attrs.st_ino)).st_size == 9
+        await ops.release(fi.fh)
+        # The pool's directory, forgotten, goes too; the root never does.
+        await ops.forget([(pool_ino, 1), (ROOT, 1)])
+        assert pool_ino not in table.by_ino and ROOT in table.by_ino
+        counters = ops.fs.counters()["inodes"]
+        assert counters["known"] == len(table.by_ino)
+    in_process(handle, body)
+    assert rados(pool, "get", "g", "-") == b"unwritten"
+
+
+def test_open_right_after_lookup_uses_its_answer(handle, pool, rados, monkeypatch):
+    """A lookup stats and reads a small file in one round trip; the open and the first
+    read right after it use that answer (no RADOS call of their own). Outside the window,
+    or after a change made through the mount, the open asks the cluster again."""
+    from radosfs.tree import object_file
+    rados(pool, "put", "f", "/etc/hostname")
+    first = rados(pool, "get", "f", "-")
+
+    async def body(ops: Operations):
+        stats = ops.fs.bridge.stats
+        pool_ino = (await ops.lookup(ROOT, pool.encode())).st_ino
+
+        async def calls(*steps) -> int:
+            before = stats["aio_ops"] + stats["thread_calls"]
+            for step in steps:
+                await step
+            return stats["aio_ops"] + stats["thread_calls"] - before
+
+        monkeypatch.setattr(object_file, "LOOKUP_OPEN_WINDOW", 60.0)
+        ino = (await ops.lookup(pool_ino, b"f")).st_ino
+        fi = await ops.open(ino, os.O_RDONLY, Ctx())
+        got = []
+
+        async def read():
+            got.append(await ops.read(fi.fh, 0, 1 << 16))
+        assert await calls(read(), ops.release(fi.fh)) == 0
+        assert got == [first]
+
+        # Changed by another client after the lookup, opened past the window: seen.
+        monkeypatch.setattr(object_file, "LOOKUP_OPEN_WINDOW", 0.0)
+        await ops.lookup(pool_ino, b"f")
+        rados(pool, "put", "f", "/etc/os-release")
+        fi = await ops.open(ino, os.O_RDONLY, Ctx())
+        assert await ops.read(fi.fh, 0, 1 << 16) == rados(pool, "get", "f", "-")
+        await ops.release(fi.fh)
+
+        # Changed through the mount between the lookup and the open: the open asks.
+        monkeypatch.setattr(object_file, "LOOKUP_OPEN_WINDOW", 60.0)
+        await ops.lookup(pool_ino, b"f")
+        await ops.setxattr(ino, b"user.k", b"v", Ctx())
+        opened = []
+
+        async def open_it():
+            opened.append(await ops.open(ino, os.O_RDONLY, Ctx()))
+        assert await calls(open_it()) >= 1
+        await ops.release(opened[0].fh)
+    in_process(handle, body)
+
+
+def test_lookup_of_a_name_not_in_a_fresh_listing_needs_no_round_trip(handle, pool, rados):
+    """negative_timeout: in a directory this mount just made, a missing name is answered
+    from what the mount knows (no RADOS call) while that knowledge is younger than the
+    window; a name the mount made since is found; another client's new name shows once
+    the window is over (at once with negative_timeout=0, the default)."""
+    async def body(ops: Operations):
+        stats = ops.fs.bridge.stats
+        pool_ino = (await ops.lookup(ROOT, pool.encode())).st_ino
+        d = (await ops.mkdir(pool_ino, b"d", 0o755, Ctx())).st_ino
+        before = stats["aio_ops"] + stats["thread_calls"]
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(d, b"x")
+        assert errno_of(e) == errno.ENOENT
+        assert stats["aio_ops"] + stats["thread_calls"] == before
+        fi, attrs = await ops.create(d, b"x", 0o100644, os.O_WRONLY, Ctx())
+        await ops.release(fi.fh)
+        assert (await ops.lookup(d, b"x")).st_ino == attrs.st_ino
+        rados(pool, "put", "d/y", "/etc/hostname")
+        with pytest.raises(pyfuse3.FUSEError) as e:   # inside the window: as documented
+            await ops.lookup(d, b"y")
+        assert errno_of(e) == errno.ENOENT
+        ops.fs.options.negative_timeout = 0.0
+        assert (await ops.lookup(d, b"y")).st_size == len(rados(pool, "get", "d/y", "-"))
+    in_process(handle, body, negative_timeout=60.0)
+    assert set(rados(pool, "ls").split()) == {b"d/", b"d/x", b"d/y"}

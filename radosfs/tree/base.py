@@ -25,6 +25,7 @@ from .context import MountContext
 from .inodes import NodeKey
 
 FRESH_SECONDS = 0.05       # a lookup's stat answers the getattr right after it
+LOOKUP_OPEN_WINDOW = 0.05  # ... and the open of the same file right after it
 Entry = tuple[str, "Node", pyfuse3.EntryAttributes]
 
 
@@ -52,6 +53,12 @@ class Node:
 
     def describe(self) -> str:
         return self.key.describe()
+
+    @property
+    def pinned(self) -> bool:
+        """Must stay in the inode table even once the kernel forgot it (see
+        InodeTable.remove): it holds what a new node for its name would not know."""
+        return False
 
     @property
     def writable(self) -> bool:
@@ -248,6 +255,15 @@ class FileNode(Node):
         self._owner = value
 
     # ---- where its data is: stored, or (unlinked while open) detached in memory ---------
+
+    @property
+    def pinned(self) -> bool:
+        """Unlinked while open, or its cached file open or holding unwritten data: that
+        state lives on the node (and the cache's file), so it stays."""
+        if self._orphan is not None:
+            return True
+        f = self.cache.get(self.stored_key)
+        return f is not None and f.in_use
 
     @property
     def orphaned(self) -> bool:

@@ -143,6 +143,8 @@ class MountContext:
                           "cache_size": o.cache_size, "since": int(self.mount_time),
                           **self.exported},
                 "cache": self.cache.counters(),
+                "inodes": {"known": len(self.table.by_ino), "names": len(self.table.by_key),
+                           "kernel_refs": sum(self.table.lookups.values())},
                 "rados": dict(self.bridge.stats, ops_in_flight=self.bridge.throttle.ops,
                               bytes_in_flight=self.bridge.throttle.bytes),
                 "requests": self.requests.counters()}

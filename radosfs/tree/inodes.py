@@ -1,5 +1,6 @@
-"""Node keys and the inode table: a name gets the same inode number for the life of the
-mount, and the keys that say what a node is are built here and nowhere else."""
+"""Node keys and the inode table: a name keeps its inode number for as long as the kernel
+knows the inode (until it sends `forget`), and the keys that say what a node is are built
+here and nowhere else."""
 from __future__ import annotations
 
 import errno
@@ -45,11 +46,16 @@ N = TypeVar("N", bound=Numbered)
 
 
 class InodeTable:
-    """Stable inode numbers for node keys (never reused during a mount)."""
+    """Inode numbers for node keys (never reused during a mount), with the kernel's lookup
+    count of each: a node the kernel has forgotten (count back to zero) is dropped, so the
+    table holds what the kernel holds, not every name the mount has ever shown. A name
+    looked up again after that gets a new node and a new number."""
 
     def __init__(self) -> None:
         self.by_ino: dict[int, Numbered] = {}
         self.by_key: dict[NodeKey, Numbered] = {}
+        #: the kernel's lookup count per inode (lookup, create, mkdir, readdirplus entries)
+        self.lookups: dict[int, int] = {}
         self._next = pyfuse3.ROOT_INODE + 1
 
     def add_root(self, node: Numbered) -> None:
@@ -72,6 +78,36 @@ class InodeTable:
         if node is None:
             raise RadosFSError(errno.ENOENT, f"stale inode {ino}")
         return node
+
+    def seen(self, node: Numbered) -> None:
+        """The kernel was just given `node` (a lookup count more). A node forgotten while
+        the request that returns it was under way is taken back in."""
+        ino = node.ino
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+        if ino not in self.by_ino:
+            self.by_ino[ino] = node
+            self.by_key.setdefault(node.key, node)
+
+    def forget(self, ino: int, nlookup: int) -> Numbered | None:
+        """The kernel dropped `nlookup` references: the node, once it has none left (the
+        caller then `remove`s it unless it must stay), else None."""
+        left = self.lookups.get(ino, 0) - nlookup
+        if left > 0:
+            self.lookups[ino] = left
+            return None
+        self.lookups.pop(ino, None)
+        if ino == pyfuse3.ROOT_INODE:
+            return None
+        return self.by_ino.get(ino)
+
+    def remove(self, node: Numbered) -> None:
+        """Drop a node the kernel no longer knows: its number and (if still its) its name."""
+        if self.lookups.get(node.ino, 0) > 0:
+            return
+        if self.by_ino.get(node.ino) is node:
+            del self.by_ino[node.ino]
+        if self.by_key.get(node.key) is node:
+            del self.by_key[node.key]
 
     def drop(self, key: NodeKey) -> None:
         """Forget the name (the inode stays valid for open handles until forget)."""

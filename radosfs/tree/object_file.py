@@ -18,7 +18,7 @@ from ..store.ownership import (RADOSFS_XATTRS, Ownership, check_time, mark_pool,
                                read_ownership, stamp_for, store_record)
 from ..store.rados_ops import MAX_IO, operate, read_object, stat_object
 from ..store.striper import INTERNAL_XATTRS, StripedData
-from .base import FRESH_SECONDS, FileNode
+from .base import FRESH_SECONDS, LOOKUP_OPEN_WINDOW, FileNode
 from .context import MountContext
 from .inodes import OBJECT, NodeKey
 from .pool_state import PoolView
@@ -40,18 +40,29 @@ class ObjectFile(FileNode):
         self._backend: ObjectBackend | None = None
         self._striped: StripedData | None = None
         self._fresh: tuple[int, float, float] | None = None
+        #: what the last lookup read, for the open right after it: (size, mtime, the whole
+        #: object when it was small, monotonic time of the answer, the backend's `changes`
+        #: then)
+        self._looked: tuple[int, float, bytes | None, float, int] | None = None
 
     @property
     def stored_key(self) -> StoreKey:
         return StoreKey.object(self.pool, self.oid, self.snap, self.fs.namespace)
 
     def remember(self, size: int, mtime: float, owner: Ownership | None = None,
-                 fresh: bool = False, striped: StripedData | None = None) -> None:
+                 fresh: bool = False, striped: StripedData | None = None,
+                 content: bytes | None = None) -> None:
         """What a lookup or listing just read (`striped`: its layout, None = a plain
-        object); `fresh` lets the getattr that follows within the same request use it
-        instead of asking the cluster again."""
+        object); `fresh` (a lookup) lets the getattr that follows within the same request
+        use it instead of asking the cluster again, and an open within LOOKUP_OPEN_WINDOW
+        too -- with `content`, the whole object the lookup read along, for its first
+        read."""
         super().remember(size, mtime, owner)
-        self._fresh = (size, mtime, time.monotonic()) if fresh else None
+        now = time.monotonic()
+        self._fresh = (size, mtime, now) if fresh else None
+        self._looked = (size, mtime, content if content is not None and len(content) == size
+                        else None, now, self._backend.changes if self._backend else 0
+                        ) if fresh and striped is None else None
         if self._orphan is not None:
             return
         if self._backend is None:
@@ -80,12 +91,26 @@ class ObjectFile(FileNode):
         return self._backend
 
     async def open(self, writable: bool, truncate: bool):
+        looked, self._looked = self._looked, None
         if self._orphan is None:
             # Every open asks the cluster for the version (close-to-open), unless we have
-            # just created the object ourselves.
+            # just created the object ourselves, or the lookup of its name answered just
+            # now (the kernel looks a name up right before opening it: the window is in
+            # docs/semantics.md).
+            backend = await self.stored_backend()
             created = self.created
-            (await self.stored_backend()).revalidate(
-                (created[0], created[1][0]) if created is not None else None)
+            if created is None and looked is not None and backend.striped is None \
+                    and looked[4] == backend.changes \
+                    and time.monotonic() - looked[3] < LOOKUP_OPEN_WINDOW:
+                size, mtime, content, _, _ = looked
+                # The token a stat would give (ObjectBackend.version).
+                self.created = created = (size, (mtime, size, False))
+                backend.revalidate((size, mtime))
+                if content is not None and not truncate:
+                    backend.offer_content(content)
+            else:
+                backend.revalidate(
+                    (created[0], created[1][0]) if created is not None else None)
         return await super().open(writable, truncate)
 
     async def stat_stored(self) -> tuple[int, float]:
@@ -230,6 +255,7 @@ class ObjectFile(FileNode):
             return
         if self._orphan is not None:
             raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed")
+        self._looked = None
         cache = self.fs.cache
         src = await self.backend()
         f = cache.get(self.backend_key)

@@ -51,7 +51,10 @@ class PoolListing(DirNode):
             if not idx.fresh():
                 io = await self.ioctx()
                 started = time.monotonic()
-                names = [n for n in await self._listing() if "/" in n]
+                listing = await self._listing()
+                if self.snap is None:
+                    idx.learn(listing, started)
+                names = [n for n in listing if "/" in n]
                 if await self.may_list_ghosts():
                     names = list(await self.existing(io, names))
                 idx.dirs = self._dirs_of(names)
@@ -87,7 +90,13 @@ class PoolListing(DirNode):
         lookup resolves it (docs/layout.md)."""
         io = await self.ioctx()
         skipped = Skipped()
+        started = time.monotonic()
         names = await self._listing(skipped)
+        if self.snap is None and self.fs.options.negative_timeout > 0:
+            # A listing is often followed by creates in the same directory (rsync, cp -r).
+            idx = self.fs.pool_index(self.pool)
+            idx.track(self.prefix)
+            idx.learn(names, started)
         plen = len(self.prefix)
         ghosts = await self.may_list_ghosts()
         members: dict[str, list[str]] = {}  # directory shown here -> names under it

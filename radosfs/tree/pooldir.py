@@ -21,7 +21,7 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError
-from ..store.rados_ops import create_object, operate_aio, stat_object
+from ..store.rados_ops import create_object, operate_aio, read_object, stat_object
 from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
                                now_ns, owner_xattrs, read_ownership, stamp_for,
@@ -39,6 +39,8 @@ from .pool_xattrs import PoolXattrs
 log = logging.getLogger(__name__)
 
 SYMLINK_MAX = 4096         # PATH_MAX: the longest symlink target
+LOOKUP_READ = 64 << 10     # what a lookup reads along with its stats (a small file whole)
+LOOKUP_READ_SKIP = 2       # ... unless this many lookups in a row here found nothing
 POOL_META_WAIT = 0.5       # seconds a pool directory's getattr waits for its record
 
 
@@ -63,6 +65,9 @@ class PoolDir(PoolXattrs, PoolListing):
         self.stored: float | None = None
         self._fresh_at = -1e9
         self._denied_logged = False
+        #: lookups here in a row that found nothing (a burst of creates): past
+        #: LOOKUP_READ_SKIP, lookups stop reading the first bytes along (see `lookup`)
+        self._misses = 0
 
     async def ioctx(self) -> rados.Ioctx:
         if self.view is not None:
@@ -241,6 +246,12 @@ class PoolDir(PoolXattrs, PoolListing):
             raise RadosFSError(errno.ENOENT, f"{name} is reserved by radosfs")
         oid = self.child_key(name)
         check_object_name(oid + "/")
+        if self.snap is None and self.fs.options.negative_timeout > 0 and \
+                self.fs.pool_index(self.pool).absent(self.prefix, name,
+                                                     self.fs.options.negative_timeout):
+            # Not in a listing of this directory younger than negative_timeout, and not
+            # made by this mount since (docs/semantics.md): no round trip.
+            raise RadosFSError(errno.ENOENT, f"{self.pool}/{oid}")
         io = await self.ioctx()
         bridge = self.fs.bridge
         results: dict[str, tuple[int, float] | None] = {}
@@ -263,14 +274,29 @@ class PoolDir(PoolXattrs, PoolListing):
                     raise
                 results[o] = None
 
+        content: list[bytes | None] = [None]
+
+        async def read_probe() -> None:
+            # In parallel with the stats, the first bytes: for a small file, all of it,
+            # so the open and read that usually follow need no round trip of their own
+            # (not in a burst of lookups that find nothing: creates, whose lookups it
+            # would only cost an operation each).
+            try:
+                content[0] = await read_object(bridge, io, oid, 0, LOOKUP_READ)
+            except RadosFSError:
+                pass  # ENOENT, or whatever the stat of the same object reports
+
         head = piece_name(oid, 0)
         async with concurrently() as n:
             for o in (oid, oid + "/", head):
                 n.start_soon(probe, o)
             n.start_soon(owner_probe)
+            if self.snap is None and self._misses < LOOKUP_READ_SKIP:
+                n.start_soon(read_probe)
+        self._misses = 0 if any(r is not None for r in results.values()) else self._misses + 1
         if results[oid] is not None:
             node = self.file_node(oid)
-            node.remember(*results[oid], owner=owner[0], fresh=True)
+            node.remember(*results[oid], owner=owner[0], fresh=True, content=content[0])
             return node
         if results[head] is not None:
             layout = await read_head(bridge, io, oid)
@@ -289,6 +315,10 @@ class PoolDir(PoolXattrs, PoolListing):
             node = self.dir_node(oid + "/")
             node.remember_dir(results[oid + "/"][1], owner[1])  # type: ignore[attr-defined]
             return node
+        if self.snap is None and self.fs.options.negative_timeout > 0:
+            # Names looked up and not found here: creates are coming; keep the names of
+            # this directory from the next listing on, to answer the next such lookups.
+            self.fs.pool_index(self.pool).track(self.prefix)
         idx = await self.index()
         if oid + "/" in idx.dirs:
             node = self.dir_node(oid + "/")
@@ -306,9 +336,14 @@ class PoolDir(PoolXattrs, PoolListing):
         owner = owner.owner_only
         if owner != NO_OVERRIDE:
             await mark_pool(self.fs.bridge, io, self.fs.pool_flag(self.pool))
+        idx = self.fs.pool_index(self.pool)
+        # Nothing was under it as of the listing that said the name was free.
+        empty_since = idx.listed_at
         mtime = await create_object(self.fs.bridge, io, marker, owner_xattrs(owner))
-        self.fs.pool_index(self.pool).add_path(marker)
-        self.fs.pool_index(self.pool).markers.add(marker)
+        idx.add_path(marker)
+        idx.markers.add(marker)
+        if self.snap is None and not idx.has_snaps and self.fs.options.negative_timeout > 0:
+            idx.track(marker, empty_since=empty_since)
         await self._changed()
         child = self.dir_node(marker)
         child.remember_dir(float(mtime), owner)  # type: ignore[attr-defined]

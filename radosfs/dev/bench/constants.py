@@ -9,6 +9,7 @@ SMALL_COUNT = 1000
 SMALL_PROCS = 8               # processes of the parallel small-file rows (and aio depth)
 SMALL_SIZE = 4096
 LIST_COUNT = 10_000
+FIND_COUNT = 200_000           # objects of the find + RSS step
 REREAD_SIZE = 256 * MiB
 RSS_INTERVAL = 0.05
 RSS_MARGIN = 150 * MiB

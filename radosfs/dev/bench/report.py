@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .constants import GiB, LIST_COUNT, MiB, REREAD_SIZE, RSS_MARGIN
+from .constants import FIND_COUNT, GiB, LIST_COUNT, MiB, REREAD_SIZE, RSS_MARGIN
 from .harness import Bench
 from .meters import loadavg
 
@@ -97,6 +97,27 @@ def targets_section(b: Bench) -> str:
                      f"{fmt_time(lst.get('librados_stat_s'))}; CPU: "
                      f"{fmt_cpu(lst.get('radosfs_ls_cpu'))})",
                      "< 2 s", mark(lst["radosfs_ls_s"] < 2.0)])
+    fd = b.results.get("find", {})
+    if fd.get("radosfs_find_s"):
+        after = fd.get("rss_after_find_bytes")
+        forgot = fd.get("rss_after_forget_bytes")
+        rows.append([f"daemon RSS after `find` over {FIND_COUNT:,} objects (fresh mount)",
+                     f"{(after or 0) / MiB:,.0f} MiB (find {fmt_time(fd['radosfs_find_s'])}, "
+                     f"{fd.get('find_lines', 0):,} lines; peak "
+                     f"{(fd.get('rss_peak_bytes') or 0) / MiB:,.0f} MiB; before "
+                     f"{(fd.get('rss_before_bytes') or 0) / MiB:,.0f} MiB; inodes held "
+                     f"{fd.get('inodes_after_find')} → {fd.get('inodes_after_forget')} after "
+                     f"drop_caches (forget), RSS then {(forgot or 0) / MiB:,.0f} MiB; CPU: "
+                     f"{fmt_cpu(fd.get('radosfs_find_cpu'))})",
+                     f"≤ {(b.cache_size + RSS_MARGIN) / MiB:,.0f} MiB (cache_size + 150)",
+                     mark(fd.get("rss_ok"))])
+    for k, what in (("write", "in (`cp`)"), ("read", "out (cold `cat`)")):
+        s, share = big.get(f"radosfs_{k}_s"), (big.get(f"radosfs_{k}_cpu") or {})
+        if s and share.get("radosfs") is not None:
+            per_gib = s * share["radosfs"] / (b.args.size / GiB)
+            big[f"radosfs_{k}_cpu_s_per_gib"] = round(per_gib, 2)
+            rows.append([f"daemon CPU seconds per GiB copied {what}", f"{per_gib:.2f} s",
+                         "recorded", "n/a"])
     rr = b.results.get("reread", {})
     if rr.get("second_read_s"):
         gbps = REREAD_SIZE / 1e9 / rr["second_read_s"]

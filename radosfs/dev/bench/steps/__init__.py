@@ -4,13 +4,15 @@ markdown table in `b.sections`, unmounts with `b.umount(m)` and deletes its data
 from __future__ import annotations
 
 from ..harness import Step
-from . import bigfile, listing, rbd, reread, smallfiles
+from . import bigfile, find, listing, rbd, reread, smallfiles
 
 STEPS = [
     Step("bigfile", "big file: cp/cat vs rados --striper vs librados aio; daemon peak RSS",
          bigfile.run),
     Step("smallfiles", "1,000 x 4 KiB: create, ls -l, cat vs librados", smallfiles.run),
     Step("listing", "ls -l of a 10,000-object pool, fresh mount", listing.run),
+    Step("find", "find over a 200,000-object pool: time, daemon RSS, inodes forgotten",
+         find.run),
     Step("reread", "cached re-read of a 256 MiB file", reread.run),
     Step("rbd", "RBD image: dd through the mount vs rbd-fuse vs librbd aio", rbd.run,
          lambda args: not args.skip_rbd),
