@@ -125,6 +125,9 @@ class ImageBackend:
         self._reaper = False
         self.opens = 0   # how many times the image was opened (for tests and stats)
 
+    #: O_DIRECT writes may go straight here (an image has no layout to plan as it grows)
+    writes_in_place = True
+
     @property
     def write_unit(self) -> int:
         """The image's object size: dirty runs are cut at object boundaries."""
