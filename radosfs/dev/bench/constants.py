@@ -13,3 +13,6 @@ REREAD_SIZE = 256 * MiB
 RSS_INTERVAL = 0.05
 RSS_MARGIN = 150 * MiB
 PY_SPY_CANDIDATES = ("py-spy", "/tmp/tv/bin/py-spy")
+FIO_IMAGE = 512 * 1024 * 1024  # the image the fio rows run on (written in full first)
+FIO_DEPTH = 16                # fio iodepth of the random 4 KiB rows
+FIO_SECONDS = 15              # each fio row runs this long (after a 2 s ramp)
