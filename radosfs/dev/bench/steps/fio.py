@@ -14,6 +14,7 @@ import rbd as rbd_mod
 from ..constants import FIO_DEPTH, FIO_IMAGE, FIO_SECONDS, MiB
 from ..harness import Bench, say
 from ..meters import timed
+from ..profiling import profiled
 from ..references import remove_images
 from ..report import fmt_cpu, fmt_ratio, mark_ge, table
 from .rbd import rbd_cli
@@ -83,6 +84,9 @@ def run(b: Bench) -> None:
             path: Path = m / pool / IMAGE
             one("radosfs", ["--ioengine=libaio", f"--filename={path}"], m)
             r["radosfs_stats"] = m.stats()
+            for rw in RW:
+                profiled(b, m, f"fio-{rw}", fio_cmd(rw, ["--ioengine=libaio",
+                                                         f"--filename={path}"]))
         finally:
             b.umount(m)
     finally:
@@ -116,7 +120,7 @@ def run(b: Bench) -> None:
                      f"÷ rbd-fuse ≥ 1.5: {mark_ge(r[f'ratio_{rw}_vs_rbdfuse'], 1.5)}; "
                      f"÷ fio rbd ≥ 0.5: {mark_ge(r[f'ratio_{rw}_vs_fio_rbd'], 0.5)}"])
     b.sections.append(
-        f"### 4. RBD random I/O: fio on one {FIO_IMAGE // MiB} MiB image\n\n"
+        f"### 4. RBD random I/O: fio on one {FIO_IMAGE // MiB:,} MiB image\n\n"
         f"Image pool `{pool}` (32 PGs, `rbd pool init`), one image written in full with "
         f"fio's rbd engine first. Each row: `fio --rw=… --bs=4k --iodepth={FIO_DEPTH} "
         f"--direct=1 --runtime={FIO_SECONDS} --time_based --ramp_time=2 --norandommap`; "
