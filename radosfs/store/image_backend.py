@@ -190,9 +190,14 @@ class ImageBackend:
 
     async def _aio(self, submit: Callable[[rbd.Image, Callable], Any], nbytes: int,
                    with_length: bool = False) -> tuple:
-        async with self._using() as img:
+        # What `_using` does, without an async generator per request (random 4 KiB I/O
+        # makes this the hottest path of the daemon).
+        img = await self._acquire()
+        try:
             return await self.bridge.aio(lambda cb: submit(img, cb), nbytes,
                                          with_length=with_length)
+        finally:
+            self._release()
 
     @property
     def is_open(self) -> bool:
