@@ -1089,7 +1089,25 @@ def test_small_random_reads_read_only_what_they_ask_for_once_the_pattern_shows()
             content[offsets[-1] + 4096:offsets[-1] + 4096 + 128 * KiB]
         assert be.reads[-1][1] == PAGE_SIZE or cache.stats["prefetched_pages"] > 0
 
-    run_cache(body)
+    run_cache(body, budget=32 * MiB)  # a file of twice the cache: its pages would not stay
+
+
+def test_small_random_reads_of_a_file_the_cache_can_hold_fill_pages():
+    content = pattern(8 * MiB, 49)
+    be = MemBackend(content, key="rnd-small")
+    rng = random.Random(50)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        st = ReadState()
+        for _ in range(200):
+            off = rng.randrange(1, 8 * MiB // 4096) * 4096
+            assert await cache.read(f, off, 4096, st) == content[off:off + 4096]
+        # each page read once, whole; the rest were hits
+        assert cache.stats["direct_reads"] == 0
+        assert len(be.reads) <= 8 and all(n == PAGE_SIZE for _, n in be.reads)
+
+    run_cache(body, budget=32 * MiB)
 
 
 def test_direct_reads_see_written_bytes_not_yet_in_the_cluster_and_zeros_past_them():

@@ -215,7 +215,8 @@ class PageCache(WriteBack):
                    state: ReadState | None = None, direct: bool = False) -> bytes:
         """Bytes at [offset, offset+length) as the mount sees them (short at the end).
 
-        `direct` (an O_DIRECT handle) or a handle whose reads are random (`state`) reads
+        `direct` (an O_DIRECT handle), or a handle whose reads are random (`state`) on a
+        file larger than half the cache (whose pages would not stay cached anyway), reads
         what no page holds straight from the backend, filling no page: a 4 KiB random
         read then costs 4 KiB of the cluster, not a whole page."""
         self.stats["reads"] += 1
@@ -224,7 +225,7 @@ class PageCache(WriteBack):
             return b""
         if state is not None:
             self._readahead(f, offset, end, state)
-            direct = direct or state.random(end - offset)
+            direct = direct or (f.size > self.budget // 2 and state.random(end - offset))
         if direct:
             data = await self._read_around(f, offset, end)
             if data is not None:
