@@ -76,13 +76,17 @@ def fuse_errors(fn: Callable) -> Callable:
 
 
 class Handle:
-    __slots__ = ("node", "file", "read_state", "writable", "flush_failed")
+    __slots__ = ("node", "file", "read_state", "writable", "flush_failed", "direct")
 
-    def __init__(self, node: FileNode, file: CachedFile, writable: bool) -> None:
+    def __init__(self, node: FileNode, file: CachedFile, writable: bool,
+                 direct: bool = False) -> None:
         self.node = node
         self.file = file
         self.read_state = ReadState()
         self.writable = writable
+        # Opened with O_DIRECT (the kernel passes the flag): what the cache does not hold
+        # is read and written straight from and to the cluster.
+        self.direct = direct
         self.flush_failed = False   # the close()'s flush just failed: release won't retry
 
 
@@ -359,10 +363,10 @@ class Operations(pyfuse3.Operations):
 
     # ---- files -----------------------------------------------------------------------
 
-    def _handle(self, node: FileNode, f: CachedFile, writable: bool, keep: bool
-                ) -> pyfuse3.FileInfo:
+    def _handle(self, node: FileNode, f: CachedFile, writable: bool, keep: bool,
+                flags: int = 0) -> pyfuse3.FileInfo:
         fh = self._fh()
-        self.handles[fh] = Handle(node, f, writable)
+        self.handles[fh] = Handle(node, f, writable, bool(flags & os.O_DIRECT))
         return pyfuse3.FileInfo(fh=fh, keep_cache=keep and not node.direct_io,
                                 direct_io=node.direct_io)
 
@@ -375,7 +379,7 @@ class Operations(pyfuse3.Operations):
             # Changed elsewhere (close-to-open): the kernel's cached size is stale too.
             # attr_only never touches pages, so it cannot block on this very request.
             await trio.to_thread.run_sync(self._invalidate, inode, True)
-        return self._handle(node, f, writable, keep)
+        return self._handle(node, f, writable, keep, flags)
 
     @fuse_errors
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
@@ -386,19 +390,19 @@ class Operations(pyfuse3.Operations):
         check_component(text)
         node = await parent.create(text, self._owner_for_create(mode, ctx))
         f, _ = await node.open(True, False)
-        return self._handle(node, f, True, False), self._entry(node, await node.attributes())
+        return self._handle(node, f, True, False, flags), self._entry(node, await node.attributes())
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
         h = self.handles[fh]
-        return await self.fs.cache.read(h.file, off, size, h.read_state)
+        return await self.fs.cache.read(h.file, off, size, h.read_state, h.direct)
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handles[fh]
         if not h.writable:
             raise RadosFSError(errno.EBADF, "not open for writing")
-        return await h.node.write(h.file, off, buf)
+        return await h.node.write(h.file, off, buf, h.direct)
 
     @fuse_errors
     async def flush(self, fh: int) -> None:

@@ -52,9 +52,10 @@ class MemBackend:
 
     def __init__(self, data: bytes = b"", key: str = "obj", write_unit: int = 4 * MiB,
                  read_delay: float = 0.0, write_delay: float = 0.0,
-                 read_only: bool = False) -> None:
+                 read_only: bool = False, writes_in_place: bool = False) -> None:
         self.key = key
         self.read_only = read_only
+        self.writes_in_place = writes_in_place
         self.write_unit = write_unit
         self.data = bytearray(data)
         self.read_delay = read_delay
@@ -1061,6 +1062,160 @@ def test_random_reads_do_not_prefetch():
             await trio.sleep(1)
         assert cache.stats["prefetched_pages"] == 0
         assert {page_of(off) for off, _ in be.reads} <= touched
+
+    run_cache(body)
+
+
+# ---- random and O_DIRECT access: no page filled for what no page holds -------------------
+
+def test_small_random_reads_read_only_what_they_ask_for_once_the_pattern_shows():
+    content = pattern(64 * MiB, 40)
+    be = MemBackend(content, key="rnd", read_delay=0.01)
+    rng = random.Random(41)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        st = ReadState()
+        offsets = [rng.randrange(0, 64 * MiB // 4096) * 4096 + 4096 for _ in range(50)]
+        for i, off in enumerate(offsets):
+            assert await cache.read(f, off, 4096, st) == content[off:off + 4096]
+            if i >= 1:  # from the second seek on: random access
+                assert be.reads[-1] == (off, 4096)
+        # the first seek filled its page; the 49 random reads after it filled none
+        assert sum(n for _, n in be.reads) == PAGE_SIZE + 49 * 4096
+        assert cache.stats["direct_reads"] == 49
+        # sequential reads fill (and read ahead) again at once
+        assert await cache.read(f, offsets[-1] + 4096, 128 * KiB, st) == \
+            content[offsets[-1] + 4096:offsets[-1] + 4096 + 128 * KiB]
+        assert be.reads[-1][1] == PAGE_SIZE or cache.stats["prefetched_pages"] > 0
+
+    run_cache(body, budget=32 * MiB)  # a file of twice the cache: its pages would not stay
+
+
+def test_small_random_reads_of_a_file_the_cache_can_hold_fill_pages():
+    content = pattern(8 * MiB, 49)
+    be = MemBackend(content, key="rnd-small")
+    rng = random.Random(50)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        st = ReadState()
+        for _ in range(200):
+            off = rng.randrange(1, 8 * MiB // 4096) * 4096
+            assert await cache.read(f, off, 4096, st) == content[off:off + 4096]
+        # each page read once, whole; the rest were hits
+        assert cache.stats["direct_reads"] == 0
+        assert len(be.reads) <= 8 and all(n == PAGE_SIZE for _, n in be.reads)
+
+    run_cache(body, budget=32 * MiB)
+
+
+def test_direct_reads_see_written_bytes_not_yet_in_the_cluster_and_zeros_past_them():
+    stored = pattern(3 * MiB, 42)
+    be = MemBackend(stored, key="dr", write_delay=1.0)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        a = pattern(8 * KiB, 43)
+        await cache.write(f, MiB + 4096, a)         # dirty, in a page never read
+        await cache.write(f, 4 * MiB, b"x")        # past the stored end: a hole before it
+        ref = bytearray(stored) + bytearray(MiB) + b"x"
+        ref[MiB + 4096:MiB + 4096 + len(a)] = a
+        assert await cache.read(f, MiB, 64 * KiB, direct=True) == ref[MiB:MiB + 64 * KiB]
+        reads = len(be.reads)
+        # no page there: straight from the backend, one read of just those bytes
+        assert await cache.read(f, 2 * MiB + 5, 100, direct=True) == ref[2 * MiB + 5:
+                                                                          2 * MiB + 105]
+        assert be.reads[reads:] == [(2 * MiB + 5, 100)]
+        # the written page, the hole and the tail: through the pages
+        assert await cache.read(f, 4 * MiB - 10, 20, direct=True) == ref[4 * MiB - 10:]
+        await cache.flush(f)
+        assert bytes(be.data) == ref
+
+    run_cache(body)
+
+
+def test_direct_read_during_a_truncate_returns_nothing_past_the_new_end():
+    stored = pattern(4 * MiB, 44)
+    be = MemBackend(stored, key="dt", read_delay=1.0, write_delay=0.5)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        got = []
+
+        async def reader():
+            got.append(await cache.read(f, 3 * MiB, 64 * KiB, direct=True))
+
+        nursery.start_soon(reader)
+        await trio.sleep(0.1)
+        await cache.truncate(f, 3 * MiB + 100)
+        await trio.sleep(2)
+        # read before or after the cut, never the bytes past it
+        assert got == [stored[3 * MiB:3 * MiB + 100]] or got == [stored[3 * MiB:
+                                                                         3 * MiB + 64 * KiB]]
+        assert await cache.read(f, 3 * MiB, 64 * KiB, direct=True) == \
+            stored[3 * MiB:3 * MiB + 100]
+
+    run_cache(body)
+
+
+def test_direct_writes_go_straight_to_an_in_place_backend_and_no_stale_page_stays():
+    stored = pattern(4 * MiB, 45)
+    be = MemBackend(stored, key="dw", read_delay=0.5, write_delay=1.0, writes_in_place=True)
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        ref = bytearray(stored)
+        # a buffered reader fills page 2 while a direct write into it is in flight
+        a = pattern(4096, 46)
+        got = []
+
+        async def reader():
+            got.append(await cache.read(f, 2 * MiB, MiB))
+
+        async def writer():
+            assert await cache.write_direct(f, 2 * MiB + 8192, a) == len(a)
+
+        nursery.start_soon(writer)
+        await trio.sleep(0.01)
+        nursery.start_soon(reader)  # its read-in starts and ends while the write is out
+        await trio.sleep(0.1)
+        assert f.dirty  # in flight: flush and truncate wait for it
+        await cache.flush(f)
+        ref[2 * MiB + 8192:2 * MiB + 8192 + len(a)] = a
+        assert bytes(be.data) == ref
+        assert be.writes == [(2 * MiB + 8192, 4096)]
+        await trio.sleep(2)
+        assert got and cache.stats["direct_writes"] == 1
+        # whatever the reader got, the page it left (if any) is not the old bytes
+        assert await cache.read(f, 2 * MiB, MiB) == ref[2 * MiB:3 * MiB]
+        # a page that is cached takes the write itself (it may hold newer bytes)
+        b = pattern(4096, 47)
+        assert await cache.write_direct(f, 2 * MiB, b) == len(b)
+        ref[2 * MiB:2 * MiB + len(b)] = b
+        assert be.writes[-1] == (2 * MiB + 8192, 4096) and f.dirty_pages == {2}
+        # past the end: the file grows
+        assert await cache.write_direct(f, 5 * MiB, b) == len(b)
+        ref.extend(bytes(5 * MiB - len(ref)))
+        ref.extend(b)
+        assert f.size == 5 * MiB + len(b)
+        await cache.flush(f)
+        assert bytes(be.data) == ref
+        assert await cache.read(f, 0, f.size) == ref
+        assert cache.stats["direct_writes"] == 2
+
+    run_cache(body)
+
+
+def test_direct_writes_to_a_backend_that_plans_its_layout_go_through_the_pages():
+    be = MemBackend(pattern(MiB, 48), key="dp")
+
+    async def body(cache, nursery):
+        f, _ = await cache.open(be)
+        await cache.write_direct(f, 4096, b"y" * 4096)
+        assert cache.stats["direct_writes"] == 0 and f.dirty_pages == {0}
+        await cache.flush(f)
+        assert be.planned  # write-back asked the backend first
 
     run_cache(body)
 

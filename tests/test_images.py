@@ -174,6 +174,86 @@ def test_partial_write_in_the_middle(cluster, mnt, rbd_pool, tmp_path):
     assert changed[-1] < offset + len(patch)
 
 
+# O_DIRECT through the mount, in a separate process (pwritev/preadv with page-aligned mmap
+# buffers, as fio's libaio engine does): phase 1 writes, prints WRITTEN and waits for a line
+# on stdin while the file stays open (the test looks at the image meanwhile); phase 2 reads.
+DIRECT_IO = r"""
+import mmap, os, random, sys
+path, seed, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rng = random.Random(seed)
+buf = mmap.mmap(-1, 4096)
+fd = os.open(path, os.O_RDWR | os.O_DIRECT)
+cached = os.open(path, os.O_RDWR)   # an ordinary descriptor on the same file
+ref = {}
+# a buffered write first: it stays in radosfs' cache (dirty), and O_DIRECT must see it
+os.pwrite(cached, b"B" * 4096, 4096)
+ref[4096] = b"B" * 4096
+for _ in range(64):
+    off = rng.randrange(size // 4096) * 4096
+    data = rng.randbytes(4096)
+    buf[:] = data
+    assert os.pwritev(fd, [buf], off) == 4096
+    ref[off] = data
+for off, data in sorted(ref.items()):
+    print(off, data.hex())
+print("WRITTEN", flush=True)
+sys.stdin.readline()
+for off, data in ref.items():
+    assert os.preadv(fd, [buf], off) == 4096
+    assert bytes(buf) == data, f"O_DIRECT read at {off}"
+    assert os.pread(cached, 4096, off) == data, f"buffered read at {off}"
+os.close(cached)
+os.close(fd)
+print("READ", flush=True)
+"""
+
+
+def test_o_direct_random_4k_io_reaches_the_image_at_once_and_agrees_with_buffered_io(
+        cluster, mnt, rbd_pool, tmp_path):
+    """O_DIRECT writes go to librbd before they return (the image has them while the file
+    is still open, no flush); O_DIRECT reads and buffered reads on the same file see every
+    write, buffered or direct (a dirty page in the cache wins over the image)."""
+    size = 16 * MiB
+    base = os.urandom(size)
+    (tmp_path / "base").write_bytes(base)
+    run(["rbd", "import", "--no-progress", str(tmp_path / "base"), f"{rbd_pool}/d"], cluster)
+    path = mnt / rbd_pool / "d"
+    before = json.loads((mnt / ".radosfs-stats").read_text())["cache"]
+    proc = subprocess.Popen([sys.executable, "-c", DIRECT_IO, str(path), "5", str(size)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        written: dict[int, bytes] = {}
+        for line in proc.stdout:
+            if line.strip() == "WRITTEN":
+                break
+            off, hexdata = line.split()
+            written[int(off)] = bytes.fromhex(hexdata)
+        else:
+            raise AssertionError(f"writer failed: {proc.stderr.read()}")
+        expect = bytearray(base)
+        for off, data in written.items():
+            expect[off:off + 4096] = data
+        got = rbd_export(cluster, f"{rbd_pool}/d")
+        # every O_DIRECT write is in the image already (those into page 0, which holds the
+        # buffered write, went through the cache like it: close writes them)
+        for off, data in written.items():
+            if off // MiB != 0:
+                assert got[off:off + 4096] == data, off
+        out, err = proc.communicate("\n", timeout=120)
+        assert proc.returncode == 0 and out.strip() == "READ", err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rbd_export(cluster, f"{rbd_pool}/d") == expect   # after close: all of it
+    assert path.read_bytes() == expect
+    after = json.loads((mnt / ".radosfs-stats").read_text())["cache"]
+    direct = sum(1 for off in written if off // MiB != 0)
+    assert after["direct_writes"] - before["direct_writes"] >= direct
+    assert after["direct_reads"] > before["direct_reads"]
+
+
 def test_new_file_is_empty_image_with_default_features(cluster, mnt, rbd_pool):
     run(["touch", str(mnt / rbd_pool / "empty")])
     info = rbd_info(cluster, f"{rbd_pool}/empty")

@@ -17,6 +17,10 @@ class Backend(Protocol):
     read_only: bool
     #: write-out granularity: dirty runs are cut at multiples of this (object boundaries)
     write_unit: int
+    #: optional, False if absent: any write may go straight to `write` (O_DIRECT writes,
+    #: `PageCache.write_direct`), skipping `plan_writeback` -- True only for a backend
+    #: with no layout to choose as the file grows (an image)
+    writes_in_place: bool
 
     def plan_writeback(self, size: int, stored_size: int) -> bool:
         """Told the file's logical and stored size before write-back starts. False asks the

@@ -56,7 +56,7 @@ class PageCache(WriteBack):
         self.nursery: trio.Nursery | None = None
         self.stats = {"hits": 0, "misses": 0, "bytes_read": 0, "bytes_written": 0,
                       "writes": 0, "reads": 0, "prefetched_pages": 0, "evicted_pages": 0,
-                      "writeback_errors": 0}
+                      "writeback_errors": 0, "direct_reads": 0, "direct_writes": 0}
 
     # ---- files ------------------------------------------------------------------------
 
@@ -212,13 +212,27 @@ class PageCache(WriteBack):
     # ---- reading ----------------------------------------------------------------------
 
     async def read(self, f: CachedFile, offset: int, length: int,
-                   state: ReadState | None = None) -> bytes:
+                   state: ReadState | None = None, direct: bool = False) -> bytes:
+        """Bytes at [offset, offset+length) as the mount sees them (short at the end).
+
+        `direct` (an O_DIRECT handle), or a handle whose reads are random (`state`) on a
+        file larger than half the cache (whose pages would not stay cached anyway), reads
+        what no page holds straight from the backend, filling no page: a 4 KiB random
+        read then costs 4 KiB of the cluster, not a whole page."""
         self.stats["reads"] += 1
         end = min(offset + length, f.size)
         if offset >= end:
             return b""
         if state is not None:
             self._readahead(f, offset, end, state)
+            direct = direct or (f.size > self.budget // 2 and state.random(end - offset))
+        if direct:
+            data = await self._read_around(f, offset, end)
+            if data is not None:
+                return data
+            end = min(offset + length, f.size)  # it may have been truncated meanwhile
+            if offset >= end:
+                return b""
         out = []
         pos = offset
         while pos < end:
@@ -236,6 +250,32 @@ class PageCache(WriteBack):
             out.append(chunk)
             pos += n
         return out[0] if len(out) == 1 else b"".join(out)
+
+    def _cached_any(self, f: CachedFile, offset: int, end: int) -> bool:
+        """Some page of [offset, end) is in the cache (held, dirty, read or written)."""
+        return any(idx in f.pages for idx in range(offset // PAGE_SIZE,
+                                                   (end - 1) // PAGE_SIZE + 1))
+
+    async def _read_around(self, f: CachedFile, offset: int, end: int) -> bytes | None:
+        """[offset, end) straight from the backend when no page of it is cached; None when
+        one is (it may hold bytes the cluster has not got yet: read through the pages), or
+        when the file was resized or written around the cache meanwhile (read again)."""
+        if self._cached_any(f, offset, end):
+            return None
+        resizes = f.resizes
+        stored_end = min(end, f.stored_size)
+        data = await f.backend.read(offset, stored_end - offset) if stored_end > offset \
+            else b""
+        if f.resizes != resizes or resizes % 2:
+            return None
+        self.stats["direct_reads"] += 1
+        self.stats["bytes_read"] += len(data)
+        end = min(end, f.size)
+        if len(data) > end - offset:
+            data = bytes(memoryview(data)[:max(0, end - offset)])
+        elif len(data) < end - offset:  # a hole below the logical size reads as zeros
+            data += bytes(end - offset - len(data))
+        return data
 
     async def _loaded(self, f: CachedFile, idx: int) -> Page:
         """The page with its full content, reading it in if needed."""
@@ -272,7 +312,7 @@ class PageCache(WriteBack):
         assert event is not None
         page.pins += 1
         start = idx * PAGE_SIZE
-        resizes = f.resizes
+        resizes, gen = f.resizes, f.overwrite_gen
         try:
             want = min(PAGE_SIZE, f.stored_size - start)
             data = await f.backend.read(start, want) if want > 0 else b""
@@ -283,9 +323,10 @@ class PageCache(WriteBack):
             event.set()
         if f.pages.get(idx) is not page:
             return  # dropped (truncate, unlink) while we were reading
-        if f.resizes != resizes:
-            # Truncated while we read: the bytes may be stale. Stay not valid (readers
-            # read again); a page holding nothing unwritten goes.
+        if f.resizes != resizes or f.overwritten_since(idx, gen):
+            # Truncated, or written around the cache, while we read: the bytes may be
+            # stale. Stay not valid (readers read again); a page holding nothing
+            # unwritten goes.
             if not page.dirty and not page.pins:
                 self.total_bytes -= len(page.data)
                 del f.pages[idx]
@@ -314,9 +355,11 @@ class PageCache(WriteBack):
         """Grow a prefetch window while reads are sequential; drop it on a seek."""
         if offset == st.next_offset and offset > 0:
             st.window = min(READAHEAD_MAX, max(READAHEAD_START, st.window * 2))
+            st.seeks = 0
         elif offset != st.next_offset:
             st.window = 0
             st.prefetched_to = 0
+            st.seeks += 1
         st.next_offset = end
         if not st.window or self.nursery is None:
             return
@@ -390,6 +433,40 @@ class PageCache(WriteBack):
         if self.dirty_bytes > self.dirty_limit:
             await self._throttle_writer(f)
         return n_total
+
+    async def write_direct(self, f: CachedFile, offset: int, data: bytes) -> int:
+        """An O_DIRECT write: straight to the backend, answered when the cluster has it,
+        when the backend writes in place (`writes_in_place`) and no page of the range is
+        cached; otherwise (a cached page may hold newer bytes, or write-back is held or
+        failing) an ordinary write into the pages.
+
+        While it is in flight the file counts as dirty (flush, truncate, rename and an
+        open wait for it, as for a write-back), and a page of its range read in meanwhile
+        is not kept (`overwritten_since`). A failure is the writer's: nothing is kept to
+        retry."""
+        end = offset + len(data)
+        if (not getattr(f.backend, "writes_in_place", False) or not data
+                or f.frozen is not None or f.failed is not None or f.resizes % 2
+                or self._cached_any(f, offset, end)):
+            return await self.write(f, offset, data)
+        self.stats["writes"] += 1
+        self.stats["direct_writes"] += 1
+        idxs = range(offset // PAGE_SIZE, (end - 1) // PAGE_SIZE + 1)
+        f.overwrite_started(idxs)
+        f.in_transit += 1
+        f.idle = trio.Event() if f.idle.is_set() else f.idle
+        try:
+            await f.backend.write(offset, data)
+        finally:
+            f.overwrite_ended(idxs)
+            f.in_transit -= 1
+            if f.in_transit == 0:
+                f.idle.set()
+            self.progress.unpark_all()
+        self.stats["bytes_written"] += len(data)
+        f.stored_size = max(f.stored_size, end)
+        f.size = max(f.size, end)
+        return len(data)
 
     def _replace(self, f: CachedFile, idx: int, page: Page | None, data: bytes) -> None:
         """A write of a whole page over a page that is absent or clean and idle."""

@@ -368,10 +368,12 @@ class FileNode(Node):
             keep = False
         return f, keep
 
-    async def write(self, f: CachedFile, offset: int, data: bytes) -> int:
+    async def write(self, f: CachedFile, offset: int, data: bytes, direct: bool = False
+                    ) -> int:
+        """`direct`: from an O_DIRECT handle (see PageCache.write_direct)."""
         self.check_writable()
         self._check_size(offset + len(data))
-        n = await self.cache.write(f, offset, data)
+        n = await (self.cache.write_direct if direct else self.cache.write)(f, offset, data)
         self.mtime = time.time()
         return n
 

@@ -24,13 +24,18 @@ existing cluster), creates a pool, mounts radosfs with the real mount command an
               rbd-fuse on the same pool (pre-created image: its new files are 1 GiB images
               and misdirect data) and a Python librbd aio loop (16 x 4 MiB in flight);
               --skip-rbd leaves it out
+  fio         random 4 KiB reads and writes at queue depth 16 (15 s each) on one 2 GiB image
+              written in full first: fio with libaio + O_DIRECT on the image's file through
+              radosfs and through rbd-fuse, and fio's rbd engine on the same image (needs
+              fio; --skip-rbd leaves it out too)
 
 Targets are recorded, never asserted. Data is deleted after every step (memstore keeps it
 in RAM). Mounts and the cluster are always torn down, also on Ctrl-C. The exit status is 1
 only if a step failed to run (or the run was interrupted).
 
 Each radosfs figure comes with CPU shares (client, daemon, OSD, whole machine): on a shared
-2-core machine they tell a slow radosfs from a busy machine. --repeat N takes medians of the
+2-core machine they tell a slow radosfs from a busy machine. The big-file and RBD rows also
+record the daemon's CPU seconds per GiB moved (the targets table shows them). --repeat N takes medians of the
 big-file figures; --profile adds py-spy summaries of the daemon.
 
 Adding a section: write a module steps/x.py with `run(b: Bench)` -- mount with

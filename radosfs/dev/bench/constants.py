@@ -14,3 +14,8 @@ REREAD_SIZE = 256 * MiB
 RSS_INTERVAL = 0.05
 RSS_MARGIN = 150 * MiB
 PY_SPY_CANDIDATES = ("py-spy", "/tmp/tv/bin/py-spy")
+# The image the fio rows run on (written in full first): 4 x the default cache_size, so
+# the daemon's cache cannot simply hold it all (random I/O on an image the size of a disk).
+FIO_IMAGE = 2 * 1024 * 1024 * 1024
+FIO_DEPTH = 16                # fio iodepth of the random 4 KiB rows
+FIO_SECONDS = 15              # each fio row runs this long (after a 2 s ramp)

@@ -117,6 +117,7 @@ class CpuMeter:
         self.client = client            # the measured client: our children, or this process
         self.pids = {k: v for k, v in pids.items() if v}
         self.share: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}   # CPU seconds of each pid over the block
 
     def _client_cpu(self) -> float:
         who = resource.RUSAGE_CHILDREN if self.client == "children" else resource.RUSAGE_SELF
@@ -138,12 +139,20 @@ class CpuMeter:
             c1, c0 = cpu_seconds(p), self._c0.get(k)
             if c1 is not None and c0 is not None and dt > 0:
                 self.share[k] = round((c1 - c0) / dt, 2)
+                self.seconds[k] = c1 - c0
         m1, m0 = _machine_cpu(), self._m0
         if m1 and m0 and m1[1] > m0[1]:
             # Busy share of all CPUs, in cores: how much of the machine was in use
             # (ours and the other engineers' processes), e.g. 1.9 of 2.
             ncpu = os.cpu_count() or 1
             self.share["machine"] = round((m1[0] - m0[0]) / (m1[1] - m0[1]) * ncpu, 2)
+
+
+def per_gib(cpu: CpuMeter, who: str, nbytes: int) -> float | None:
+    """CPU seconds `who` spent per GiB moved (the daemon's cost of a byte, from
+    /proc/PID/stat: its own threads and librados'/librbd's)."""
+    sec = cpu.seconds.get(who)
+    return None if sec is None or not nbytes else sec / (nbytes / (1 << 30))
 
 
 def drop_caches() -> bool:

@@ -146,6 +146,27 @@ def targets_section(b: Bench) -> str:
                          f"file created by dd)",
                          f"{fmt_ratio(pre)}; {fmt_ratio(new)}", f"≥ {goal:g}",
                          f"{mark_ge(pre, goal)}; {mark_ge(new, goal)}"])
+    cost = []
+    for label, res, keys in (("cp in / cat out", big, ("radosfs_write", "radosfs_read")),
+                             ("RBD dd write / read, pre-created image", rb,
+                              ("radosfs_pre_write", "radosfs_pre_read"))):
+        vals = [res.get(f"{k}_cpu_s_per_gib") for k in keys]
+        if any(v is not None for v in vals):
+            cost.append(f"{label}: " + " / ".join("n/a" if v is None else f"{v:.2f}"
+                                                  for v in vals))
+    if cost:
+        rows.append(["radosfs daemon CPU seconds per GiB (/proc/PID/stat, all its threads)",
+                     "; ".join(cost), "recorded, falling", "—"])
+    fio = b.results.get("fio", {})
+    for rw in ("randread", "randwrite"):
+        a, c = fio.get(f"ratio_{rw}_vs_rbdfuse"), fio.get(f"ratio_{rw}_vs_fio_rbd")
+        if a is None and c is None:
+            continue
+        ours = (fio.get(f"radosfs_{rw}") or {}).get("iops")
+        rows.append([f"fio 4 KiB {rw} QD 16 on an image file: radosfs ÷ rbd-fuse; "
+                     "÷ fio's rbd engine", f"{fmt_ratio(a)}; {fmt_ratio(c)} "
+                     f"({ours or 0:,.0f} IOPS)", "≥ 1.5; ≥ 0.5",
+                     f"{mark_ge(a, 1.5)}; {mark_ge(c, 0.5)}"])
     if not rows:
         return ""
     return ("### Targets (recorded, not asserted)\n\n"

@@ -4,7 +4,7 @@ markdown table in `b.sections`, unmounts with `b.umount(m)` and deletes its data
 from __future__ import annotations
 
 from ..harness import Step
-from . import bigfile, find, listing, rbd, reread, smallfiles
+from . import bigfile, find, fio, listing, rbd, reread, smallfiles
 
 STEPS = [
     Step("bigfile", "big file: cp/cat vs rados --striper vs librados aio; daemon peak RSS",
@@ -16,4 +16,6 @@ STEPS = [
     Step("reread", "cached re-read of a 256 MiB file", reread.run),
     Step("rbd", "RBD image: dd through the mount vs rbd-fuse vs librbd aio", rbd.run,
          lambda args: not args.skip_rbd),
+    Step("fio", "RBD image: fio random 4 KiB at QD 16, radosfs vs rbd-fuse vs fio's rbd "
+         "engine", fio.run, lambda args: not args.skip_rbd),
 ]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..constants import BIG_DEPTH, MiB, RSS_MARGIN
 from ..harness import Bench, say
-from ..meters import RssSampler, drop_caches, rss_of, timed, warm
+from ..meters import RssSampler, drop_caches, per_gib, rss_of, timed, warm
 from ..profiling import profiled
 from ..references import aio_many, aio_read_objects, aio_write_file
 from ..report import fmt_ratio, fmt_size, mark_ge, rate_cell, ratio, table
@@ -45,6 +45,8 @@ def run(b: Bench) -> None:
             with b.cpu(m) as cpu:
                 dt, _ = timed(["cp", str(src), str(dst)], to)
             runs["radosfs_write"].append((dt, cpu.share))
+            r.setdefault("radosfs_write_cpu_s_per_gib_all", []).append(
+                per_gib(cpu, "radosfs", size))
         finally:
             if sampler:
                 peak = max(peak, sampler.stop())
@@ -65,6 +67,7 @@ def run(b: Bench) -> None:
         with b.cpu(m) as cpu:
             dt, _ = timed(["cat", str(dst)], to)
         runs["radosfs_read"].append((dt, cpu.share))
+        r.setdefault("radosfs_read_cpu_s_per_gib_all", []).append(per_gib(cpu, "radosfs", size))
         if first:
             r["stats_after_cat"] = m.stats()
         if first and not b.args.no_verify:
@@ -116,6 +119,9 @@ def run(b: Bench) -> None:
         r[f"{key}_cpu"] = cpu
         r[f"{key}_all_s"] = [v[0] for v in vals]
 
+    for k in ("write", "read"):
+        vals = sorted(v for v in r.get(f"radosfs_{k}_cpu_s_per_gib_all", []) if v is not None)
+        r[f"radosfs_{k}_cpu_s_per_gib"] = vals[(len(vals) - 1) // 2] if vals else None
     r["ratio_write_vs_aio"] = ratio(r["radosfs_write_s"], r["aio_write_s"])
     r["ratio_read_vs_aio"] = ratio(r["radosfs_read_s"], r["aio_read_s"])
     r["ratio_write_vs_striper"] = ratio(r["radosfs_write_s"], r["striper_write_s"])

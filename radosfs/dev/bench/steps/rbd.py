@@ -13,7 +13,7 @@ import rbd as rbd_mod
 
 from ..constants import BIG_DEPTH, MiB
 from ..harness import Bench, say
-from ..meters import timed, warm
+from ..meters import per_gib, timed, warm
 from ..references import librbd_loop, remove_images
 from ..report import fmt_ratio, fmt_size, mark_ge, rate_cell, ratio, table
 
@@ -77,12 +77,14 @@ def run(b: Bench) -> None:
             with b.cpu(m) as cpu:
                 r[f"radosfs_{variant}_write_s"], _ = timed(dd_write(path, precreated), to)
             r[f"radosfs_{variant}_write_cpu"] = cpu.share
+            r[f"radosfs_{variant}_write_cpu_s_per_gib"] = per_gib(cpu, "radosfs", size)
             r[f"radosfs_{variant}_stats_after_write"] = m.stats()
             m = b.remount(m)
             say("radosfs: dd it back (cold)")
             with b.cpu(m) as cpu:
                 r[f"radosfs_{variant}_read_s"], _ = timed(dd_read(path), to)
             r[f"radosfs_{variant}_read_cpu"] = cpu.share
+            r[f"radosfs_{variant}_read_cpu_s_per_gib"] = per_gib(cpu, "radosfs", size)
             check(path, f"radosfs {variant}")
             b.umount(m)
             remove_images(io)
