@@ -89,6 +89,13 @@ async def write_stamped(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: i
                              nbytes=len(data))
 
 
+def stamp_mtime(op: rados.WriteOp) -> None:
+    """A step that changes nothing but the object's mtime (to the op's), creating it if
+    missing: an idempotent create. Not a zero-length write at 0: an erasure-coded pool
+    without overwrites refuses every write that does not append (EOPNOTSUPP)."""
+    op.new(rados.LIBRADOS_CREATE_IDEMPOTENT)
+
+
 def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> None:
     """Run one compound write op (blocking; call through Bridge.run).
 

@@ -21,7 +21,7 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError
-from ..store.rados_ops import create_object, operate_aio, stat_object
+from ..store.rados_ops import create_object, operate_aio, stamp_mtime, stat_object
 from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
                                now_ns, owner_xattrs, read_ownership, stamp_for,
@@ -195,7 +195,7 @@ class PoolDir(PoolListing):
             # directory per second instead of one per entry.
             return
         io = await self.ioctx()
-        await operate_aio(self.fs.bridge, io, self.prefix, lambda op: op.write(b"", 0), now)
+        await operate_aio(self.fs.bridge, io, self.prefix, stamp_mtime, now)
         idx.stamped[self.prefix] = now
         idx.markers.add(self.prefix)
         idx.add_path(self.prefix)
