@@ -63,7 +63,8 @@ class Handle:
         self.file = file
         self.read_state = ReadState()
         self.writable = writable
-        self.flush_failed = False   # the close()'s flush just failed: release won't retry
+        self.flush_failed: int | None = None  # errno of the close()'s failed flush: release
+        #                                       won't retry
 
 
 class DirHandle:
@@ -357,10 +358,10 @@ class Operations(pyfuse3.Operations):
         if h.file.dirty:
             try:
                 await self.fs.cache.flush(h.file)
-            except BaseException:
-                h.flush_failed = True
+            except BaseException as exc:
+                h.flush_failed = errno_of(exc) or errno.EIO
                 raise
-            h.flush_failed = False
+            h.flush_failed = None
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -373,10 +374,10 @@ class Operations(pyfuse3.Operations):
             return
         if h.file.dirty:
             try:
-                if h.flush_failed:
+                if h.flush_failed is not None:
                     # close() got the error a moment ago: retrying now would only make
                     # the release (and an umount behind it) wait op_timeout once more.
-                    raise RadosFSError(errno.EIO, "the flush at close failed")
+                    raise RadosFSError(h.flush_failed, "the flush at close failed")
                 await self.fs.cache.flush(h.file)
             except RadosFSError as exc:
                 log.error("close of %s: %d dirty bytes could not be written (errno %d); "
