@@ -222,7 +222,12 @@ def test_ec_pool_with_overwrites_behaves_like_a_replicated_one(shaped, spool, sm
     past 64 MiB (overwritten, appended, cut, renamed), xattrs: the same operations on a
     local directory and through the mount; `rados` has the local bytes for every file."""
     if spool.startswith("secow-"):
-        assert "ec_overwrites" in _pool_detail(shaped, spool)["flags_names"]
+        detail = _pool_detail(shaped, spool)
+        assert "ec_overwrites" in detail["flags_names"], detail
+        profile = json.loads(shaped.ceph("osd", "erasure-code-profile", "get",
+                                         detail["erasure_code_profile"], "--format", "json"))
+        assert (profile["k"], profile["m"], profile["crush-failure-domain"]) == \
+            ("2", "1", "osd"), profile
     m = smount()
     local = tmp_path / "ref"
     local.mkdir()
