@@ -161,8 +161,10 @@ def test_osd_killed_mid_cp_the_copy_completes(shaped, spool, smount, tmp_path):
     out, err = cp.communicate(timeout=600)
     took, after_kill = time.monotonic() - t0, time.monotonic() - killed_at
     assert cp.returncode == 0 and not err, err.decode(errors="replace")
-    osd_stat = shaped.ceph("osd", "stat")
-    assert "2 up" in osd_stat, osd_stat          # the copy really ran on two OSDs
+    deadline = time.monotonic() + 60    # the monitors know it is down (the copy ran on two)
+    while " 2 up" not in (osd_stat := shaped.ceph("osd", "stat")):
+        assert time.monotonic() < deadline, osd_stat
+        time.sleep(0.5)
     assert rados_size(shaped, spool, "big") == COPY_MIB * MiB
     assert sha(rados_get(shaped, spool, "big", tmp_path)) == want
     t1 = time.monotonic()
@@ -321,8 +323,16 @@ def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
     assert sha(rados_get(shaped, spool, "e2", tmp_path)) == _sha_file(big)
     run(["cp", str(small), str(d / "s2")], timeout=300)
     assert rados_get(shaped, spool, "s2", tmp_path) == old
+    # Metadata (the record is an xattr) and pool snapshots work too.
+    os.chmod(d / "e2", 0o640)
+    os.utime(d / "e2", ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
+    st = os.stat(d / "e2")
+    assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 1_000_000_000_123_456_789)
+    os.mkdir(d / ".snap" / "before-rm")
     os.unlink(d / "s2")
     assert rados_size(shaped, spool, "s2") is None
+    assert (d / ".snap" / "before-rm" / "s2").read_bytes() == old
+    os.rmdir(d / ".snap" / "before-rm")
 
 
 @pytest.mark.parametrize("spool", ["ec-overwrites"], indirect=True)
