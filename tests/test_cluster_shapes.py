@@ -301,6 +301,14 @@ def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
             f.write(b"appended")
     assert info.value.errno == errno.EOPNOTSUPP, info.value
     assert rados_get(shaped, spool, "b", tmp_path) == old
+    # An append where the size is a multiple of the stripe width (8 KiB) is an append
+    # RADOS takes.
+    width = _pool_detail(shaped, spool)["stripe_width"]
+    aligned = os.urandom(2 * width)
+    (d / "aligned").write_bytes(aligned)
+    with open(d / "aligned", "ab") as f:
+        f.write(b"appended")
+    assert rados_get(shaped, spool, "aligned", tmp_path) == aligned + b"appended"
     _fails(lambda: os.truncate(d / "c", 1000), errno.EOPNOTSUPP)
     _fails(lambda: os.truncate(d / "s", 10 * MiB), errno.EOPNOTSUPP)
     assert rados_get(shaped, spool, "c", tmp_path) == old
