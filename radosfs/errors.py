@@ -50,7 +50,7 @@ def refused_in_place(exc: BaseException, what: str) -> BaseException:
     return RadosFSError(errno.EOPNOTSUPP,
                         f"{what}: the pool refuses writes in place (an erasure-coded pool "
                         f"without allow_ec_overwrites takes only whole-object writes and "
-                        f"appends at a stripe boundary; no truncate)")
+                        f"appends at a stripe boundary; truncate only to 0)")
 
 
 def to_errno(exc: BaseException, what: str) -> int:

@@ -313,7 +313,7 @@ def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
     _fails(lambda: os.truncate(d / "s", 10 * MiB), errno.EOPNOTSUPP)
     assert rados_get(shaped, spool, "c", tmp_path) == old
     assert rados_size(shaped, spool, "s") == 80 * MiB + 5
-    assert "no truncate" in m.read_log()[start:]
+    assert "truncate only to 0" in m.read_log()[start:]
 
     # mv (a copy of whole objects, then the source removed) and xattrs work, plain and
     # striped; nothing of the source is left.

@@ -196,7 +196,7 @@ class LocalCluster(ConfFiles, Daemons):
         if not self._alive(d):
             self._launch(d)
         try:
-            if kind == "mon":
+            if d.kind == "mon":
                 self._ceph(["mon", "stat"], timeout=self._left(deadline))
             elif d.kind == "osd":
                 self._wait_osd_active(deadline, d)
