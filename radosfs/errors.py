@@ -40,6 +40,19 @@ def errno_of(exc: BaseException) -> int | None:
     return None
 
 
+def refused_in_place(exc: BaseException, what: str) -> BaseException:
+    """`exc`, or -- when it is EOPNOTSUPP from a write or truncate -- the same errno with
+    the reason in words: an erasure-coded pool without `allow_ec_overwrites` takes only
+    whole-object writes and appends at a stripe boundary (the log line must say why a
+    plain `dd conv=notrunc` failed). `what` names the object."""
+    if errno_of(exc) != errno.EOPNOTSUPP:
+        return exc
+    return RadosFSError(errno.EOPNOTSUPP,
+                        f"{what}: the pool refuses writes in place (an erasure-coded pool "
+                        f"without allow_ec_overwrites takes only whole-object writes and "
+                        f"appends at a stripe boundary; truncate only to 0)")
+
+
 def to_errno(exc: BaseException, what: str) -> int:
     """Map any exception to the errno a filesystem caller should see, logging the cause.
 

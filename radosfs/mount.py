@@ -58,7 +58,7 @@ from .command.logs import log_target, reopen_logs, setup_logging
 from .metrics import render
 from .command.process import name_process, radosfs_mounts, sd_notify, tame_malloc
 from .command.setup import (MountError, check_mountpoint, client_config, fuse_options,
-                            keyring_warning, resolve_options)
+                            key_file_warnings, resolve_options)
 
 log = logging.getLogger("radosfs")
 
@@ -219,8 +219,7 @@ def run_daemon(mo: MountOptions, mountpoint: str, source: str, ready) -> int:
     """Connect, mount and serve; `ready(err)` is called once with None or a message."""
     faulthandler.register(signal.SIGUSR1)
     tame_malloc()
-    warning = keyring_warning(mo.keyring)
-    if warning:
+    for warning in key_file_warnings(mo):
         log.warning("%s", warning)
     try:
         handle = open_cluster(client_config(mo))
@@ -271,9 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     except (MountError, OptionError) as exc:
         print(f"mount.radosfs: {exc}", file=sys.stderr)
         return 1
-    warning = keyring_warning(mo.keyring)
-    if warning and not args.foreground:
-        print(f"mount.radosfs: warning: {warning}", file=sys.stderr)
+    if not args.foreground:        # in the foreground the daemon's log line says it
+        for warning in key_file_warnings(mo):
+            print(f"mount.radosfs: warning: {warning}", file=sys.stderr)
     mo.log = target = log_target(mo, args.foreground)
     if args.foreground:
         setup_logging(target, mo.log_level, mo.debug)

@@ -87,7 +87,8 @@ class Handle:
         # Opened with O_DIRECT (the kernel passes the flag): what the cache does not hold
         # is read and written straight from and to the cluster.
         self.direct = direct
-        self.flush_failed = False   # the close()'s flush just failed: release won't retry
+        self.flush_failed: int | None = None  # errno of the close()'s failed flush: release
+        #                                       won't retry
 
 
 class DirHandle:
@@ -410,10 +411,10 @@ class Operations(pyfuse3.Operations):
         if h.file.dirty:
             try:
                 await self.fs.cache.flush(h.file)
-            except BaseException:
-                h.flush_failed = True
+            except BaseException as exc:
+                h.flush_failed = errno_of(exc) or errno.EIO
                 raise
-            h.flush_failed = False
+            h.flush_failed = None
 
     @fuse_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
@@ -426,10 +427,10 @@ class Operations(pyfuse3.Operations):
             return
         if h.file.dirty:
             try:
-                if h.flush_failed:
+                if h.flush_failed is not None:
                     # close() got the error a moment ago: retrying now would only make
                     # the release (and an umount behind it) wait op_timeout once more.
-                    raise RadosFSError(errno.EIO, "the flush at close failed")
+                    raise RadosFSError(h.flush_failed, "the flush at close failed")
                 await self.fs.cache.flush(h.file)
             except RadosFSError as exc:
                 log.error("close of %s: %d dirty bytes could not be written (errno %d); "

@@ -126,3 +126,20 @@ def test_osd_mkfs_failure_stops_mon_and_mgr(tmp_path):
     # The half-built cluster is gone (logs kept), so a later start begins afresh.
     assert not cluster.conf_path.exists()
     assert (cluster.directory / "log" / "ceph-osd.0.log").exists()
+
+
+def test_osd_names_and_a_built_cluster_of_another_shape(tmp_path):
+    """Daemons are named as Ceph names them ("osd" is osd.0); a directory built with
+    another number of OSDs is refused in one line before anything is started."""
+    c = LocalCluster(tmp_path / "c", store="bluestore", osds=3)
+    assert [d.name for d in c._daemons] == ["mon.a", "mgr.x", "osd.0", "osd.1", "osd.2"]
+    assert c._daemon("osd") is c._daemon("osd.0") and c._daemon("osd.2").ident == "2"
+    with pytest.raises(ValueError, match="osd.3"):
+        c._daemon("osd.3")
+    with pytest.raises(ValueError):
+        LocalCluster(tmp_path / "d", osds=0)
+    c.directory.mkdir()
+    c._marker.write_text('{"store": "bluestore", "osds": 1}\n')
+    with pytest.raises(ClusterError, match="cluster of 1 OSDs, not 3"):
+        c.start(timeout=10)
+    assert not any(c._alive(d) for d in c._daemons)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import tempfile
 import subprocess
@@ -354,3 +355,24 @@ def test_keyring_readable_by_others_is_warned_about(cluster, users, pool, mount_
     warned = [ln for ln in m.read_log().splitlines() if "readable by" in ln]
     assert len(warned) == 1 and "WARNING" in warned[0] and str(keyring) in warned[0], warned
     assert "key =" not in m.read_log()
+
+
+def test_secretfile_readable_by_others_is_warned_about(cluster, users, pool, mount_factory):
+    """As for a keyring: a secretfile= others can read gets one warning line at mount
+    (naming the file, never the key); a 600 one none; the mount works either way."""
+    name, keyring = users.make(f"allow rw pool={pool}")
+    key = re.search(r"key = (\S+)", keyring.read_text()).group(1)
+    secret = keyring.with_suffix(".secret")
+    secret.write_text(key + "\n")
+    secret.chmod(0o600)
+    m = mount_factory(f"name={name},secretfile={secret}")
+    (m / pool / "via-secret").write_bytes(b"x")
+    assert "readable by" not in m.read_log()
+    m.close()
+    secret.chmod(0o604)
+    m = mount_factory(f"name={name},secretfile={secret}")
+    warned = [ln for ln in m.read_log().splitlines() if "readable by" in ln]
+    assert len(warned) == 1 and "WARNING" in warned[0] and str(secret) in warned[0], warned
+    assert "readable by others" in warned[0]
+    assert key not in m.read_log()
+    assert (m / pool / "via-secret").read_bytes() == b"x"

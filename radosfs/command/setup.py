@@ -90,19 +90,23 @@ def _clear_dead_mount(path: str) -> None:
                          f"clear it with: fusermount3 -u {path}")
 
 
-def keyring_warning(keyring: str | None) -> str | None:
-    """A warning when the keyring file can be read by users other than its owner."""
-    if keyring is None:
-        return None
-    try:
-        mode = os.stat(keyring).st_mode
-    except OSError:
-        return None
-    if mode & 0o044:
-        return (f"keyring {keyring} is readable by {'others' if mode & 0o004 else 'its group'}"
-                f" (mode {mode & 0o777:03o}): anyone who can read it can act as this user; "
-                f"chmod 600 it")
-    return None
+def key_file_warnings(mo: MountOptions) -> list[str]:
+    """One warning per key file (keyring=, secretfile=) that users other than its owner
+    can read, as ssh warns of a private key others can read. The key is never shown."""
+    warnings = []
+    for what, path in (("keyring", mo.keyring), ("secretfile", mo.secretfile)):
+        if path is None:
+            continue
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            continue
+        if mode & 0o044:
+            warnings.append(f"{what} {path} is readable by "
+                            f"{'others' if mode & 0o004 else 'its group'} (mode "
+                            f"{mode & 0o777:03o}): anyone who can read it can act as this "
+                            f"user; chmod 600 it")
+    return warnings
 
 
 def read_secret(path: str) -> str:

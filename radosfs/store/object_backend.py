@@ -20,9 +20,10 @@ import rados
 import trio
 
 from ..client.bridge import Bridge
-from ..errors import RadosFSError
+from ..errors import RadosFSError, printable, refused_in_place
 from .keys import StoreKey
-from .rados_ops import MAX_IO, read_object, stat_object, write_object, write_stamped
+from .rados_ops import (
+    MAX_IO, read_object, stat_object, truncate_object, write_object, write_stamped)
 from .striper import STRIPE_THRESHOLD, Layout, StripedData, convert_to_striped, read_head
 
 
@@ -222,6 +223,15 @@ class ObjectBackend:
     async def write(self, offset: int, data: bytes) -> None:
         self._content = None
         self.changes += 1
+        try:
+            await self._write(offset, data)
+        except Exception as exc:
+            explained = refused_in_place(exc, f"write to {self.key.pool}/{printable(self.name)}")
+            if explained is exc:
+                raise
+            raise explained from exc
+
+    async def _write(self, offset: int, data: bytes) -> None:
         if self.read_only:
             raise RadosFSError(errno.EROFS, "snapshot")
         if self.striped is None and max(offset + len(data), self._size_hint) > STRIPE_THRESHOLD:
@@ -249,14 +259,21 @@ class ObjectBackend:
         await self.striped.write(offset, data)  # type: ignore[union-attr]
 
     async def truncate(self, size: int) -> None:
+        try:
+            await self._truncate(size)
+        except Exception as exc:
+            explained = refused_in_place(exc, f"truncate of {self.key.pool}/{printable(self.name)}")
+            if explained is exc:
+                raise
+            raise explained from exc
+
+    async def _truncate(self, size: int) -> None:
         self._unknown()
         if self.striped is None and size > STRIPE_THRESHOLD:
             await self._to_striped()
         self._size_hint = size
         if self.striped is None:
-            async def trunc(bridge, io, name, n):
-                await bridge.run(io.trunc, name, n)
-            _, done = await self._plain(trunc, size)
+            _, done = await self._plain(truncate_object, size)
             if done:
                 return
         await self.striped.truncate(size)  # type: ignore[union-attr]

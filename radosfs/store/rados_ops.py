@@ -10,7 +10,7 @@ import rados
 import trio
 
 from ..client.bridge import Bridge, read_buffer
-from ..errors import RadosFSError
+from ..errors import RadosFSError, errno_of
 
 # No single write above osd_max_write_size (90 MB); 8 MiB keeps many in flight.
 MAX_IO = 8 << 20
@@ -87,6 +87,27 @@ async def write_stamped(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: i
         raise RadosFSError(errno.EFBIG, f"{name}: past osd_max_object_size")
     return await operate_aio(bridge, ioctx, name, lambda op: op.write(data, offset),
                              nbytes=len(data))
+
+
+def stamp_mtime(op: rados.WriteOp) -> None:
+    """A step that changes nothing but the object's mtime (to the op's), creating it if
+    missing: an idempotent create. Not a zero-length write at 0: an erasure-coded pool
+    without overwrites refuses every write that does not append (EOPNOTSUPP)."""
+    op.new(rados.LIBRADOS_CREATE_IDEMPOTENT)
+
+
+async def truncate_object(bridge: Bridge, ioctx: rados.Ioctx, oid: str, size: int) -> None:
+    """Cut or extend one object to `size`. An erasure-coded pool without overwrites refuses
+    truncate (EOPNOTSUPP) but takes a whole-object write: truncating to 0 -- every
+    `O_TRUNC` open, `cp` over a file, `>` -- is then a write_full of nothing, which keeps
+    xattrs and omap as truncate does. (python-rados has no assert_exists for it: an object
+    removed by another client in between comes back empty.)"""
+    try:
+        await bridge.run(ioctx.trunc, oid, size)
+    except Exception as exc:  # python-rados' errors are not OSError
+        if size != 0 or errno_of(exc) != errno.EOPNOTSUPP:
+            raise
+        await bridge.run(operate, ioctx, oid, lambda op: op.write_full(b""))
 
 
 def operate(ioctx: rados.Ioctx, oid: str, build, mtime: float | None = None) -> None:

@@ -25,7 +25,8 @@ import trio
 from ..client.bridge import Bridge, concurrently
 from ..errors import RadosFSError, errno_of
 from .copy import read_omap, write_meta
-from .rados_ops import list_names, operate, read_object, stat_object, write_object
+from .rados_ops import (
+    list_names, operate, read_object, stat_object, truncate_object, write_object)
 
 log = logging.getLogger(__name__)
 
@@ -270,12 +271,15 @@ class StripedData:
                     gone.append(objectno)
                 elif keep < lay.object_length(objectno, old):
                     cut.append((objectno, keep))
-            await self._remove_pieces(gone)
+            # Cut first: a pool that refuses truncate (EC without overwrites: EOPNOTSUPP)
+            # then fails before anything changed, instead of after the pieces went.
             for objectno, keep in cut:
                 try:
-                    await self.bridge.run(self.io.trunc, piece_name(self.name, objectno), keep)
+                    await truncate_object(self.bridge, self.io, piece_name(self.name, objectno),
+                                          keep)
                 except rados.ObjectNotFound:
                     pass
+            await self._remove_pieces(gone)
         await self.set_size(size)
 
     async def existing_pieces(self, first: int, end: int) -> list[int]:

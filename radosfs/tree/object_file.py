@@ -10,13 +10,13 @@ import time
 import rados
 
 from ..client.bridge import concurrently
-from ..errors import RadosFSError, errno_of
+from ..errors import RadosFSError, errno_of, printable
 from ..store.copy import copy_metadata
 from ..store.keys import StoreKey
 from ..store.object_backend import ObjectBackend
 from ..store.ownership import (RADOSFS_XATTRS, Ownership, check_time, mark_pool, now_ns,
                                read_ownership, stamp_for, store_record)
-from ..store.rados_ops import MAX_IO, operate, read_object, stat_object
+from ..store.rados_ops import MAX_IO, operate, read_object, stamp_mtime, stat_object
 from ..store.striper import INTERNAL_XATTRS, StripedData
 from .base import FRESH_SECONDS, LOOKUP_OPEN_WINDOW, FileNode
 from .context import MountContext
@@ -291,19 +291,29 @@ class ObjectFile(FileNode):
             await bridge.run(operate, io, target.oid, lambda op: op.new(
                 rados.LIBRADOS_CREATE_EXCLUSIVE))
         dst.plan_writeback(size, 0)  # the size it will have: no detour through plain
-        pos = 0
-        while pos < size:
-            chunk = await src.read(pos, min(size - pos, MAX_IO))
-            if not chunk:
-                break
-            await dst.write(pos, chunk)
-            pos += len(chunk)
-        if pos < size:
-            await dst.truncate(size)
-        hidden = INTERNAL_XATTRS if src.striped is not None else ()
-        await copy_metadata(bridge, io, src.head_oid, dst.head_oid, skip_xattrs=hidden)
-        # Last: the data and metadata writes above stamped "now".
-        await bridge.run(operate, io, dst.head_oid, lambda op: op.write(b"", 0), mtime)
+        try:
+            pos = 0
+            while pos < size:
+                chunk = await src.read(pos, min(size - pos, MAX_IO))
+                if not chunk:
+                    break
+                await dst.write(pos, chunk)
+                pos += len(chunk)
+            if pos < size:
+                await dst.truncate(size)
+            hidden = INTERNAL_XATTRS if src.striped is not None else ()
+            await copy_metadata(bridge, io, src.head_oid, dst.head_oid, skip_xattrs=hidden)
+            # Last: the data and metadata writes above stamped "now".
+            await bridge.run(operate, io, dst.head_oid, stamp_mtime, mtime)
+        except Exception:
+            # A refused copy (EXDEV for an omap key, EOPNOTSUPP from an EC pool, EIO) leaves
+            # no half-made target beside the source.
+            try:
+                await dst.remove()
+            except Exception as exc:  # the copy's error is the one the caller needs
+                log.warning("rename to %s failed; removing the partial copy failed too: %s",
+                            printable(target.oid), exc)
+            raise
         self.mtime = float(int(mtime))
         return dst
 

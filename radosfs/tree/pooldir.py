@@ -21,7 +21,8 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError
-from ..store.rados_ops import create_object, operate_aio, read_object, stat_object
+from ..store.rados_ops import (create_object, operate_aio, read_object, stamp_mtime,
+                                stat_object)
 from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
                                now_ns, owner_xattrs, read_ownership, stamp_for,
@@ -215,7 +216,7 @@ class PoolDir(PoolXattrs, PoolListing):
             # directory per second instead of one per entry.
             return
         io = await self.ioctx()
-        await operate_aio(self.fs.bridge, io, self.prefix, lambda op: op.write(b"", 0), now)
+        await operate_aio(self.fs.bridge, io, self.prefix, stamp_mtime, now)
         idx.stamped[self.prefix] = now
         idx.markers.add(self.prefix)
         idx.add_path(self.prefix)

@@ -1,4 +1,4 @@
-"""A throwaway single-node Ceph cluster (one mon, one mgr, one OSD) for tests and demos.
+"""A throwaway single-node Ceph cluster (one mon, one mgr, one OSD or more) for tests and demos.
 
 radosfs needs a real cluster to be tested against, and tests must not touch a shared one: this
 module builds a private cluster in a directory of its own -- cephx on, 127.0.0.1 only, ports
@@ -19,6 +19,11 @@ stop, so ``start()`` on a stopped memstore cluster rebuilds it from scratch (new
 ``bluestore`` uses a sparse file in the OSD directory and survives restarts: ``start()`` on a built
 bluestore directory only starts the daemons again.
 
+Shapes: one OSD by default (pools of size 1). ``osds=3`` is shaped like production: three
+OSDs, pools replicated 3 times with min_size 2, CRUSH failure domain osd, and the
+erasure-code profile ``radosfs-k2m1`` (k=2, m=1, failure domain osd) for EC pools; any one
+OSD can be killed (``stop_daemon("osd.1", kill=True)``) and the cluster keeps serving.
+
 Command line: ``python -m radosfs.dev.cluster start|stop|status DIR``.
 
 Modules: ``common`` (names, errors, helpers), ``conf`` (ceph.conf and the marker),
@@ -26,6 +31,6 @@ Modules: ``common`` (names, errors, helpers), ``conf`` (ceph.conf and the marker
 """
 from .cli import main
 from .common import ClusterError
-from .local import LocalCluster
+from .local import EC_PROFILE, LocalCluster
 
-__all__ = ["ClusterError", "LocalCluster", "main"]
+__all__ = ["ClusterError", "EC_PROFILE", "LocalCluster", "main"]

@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="object store for a new cluster (default: the built one, else memstore)")
     p.add_argument("--memstore-bytes", type=int, default=4 << 30)
     p.add_argument("--bluestore-bytes", type=int, default=20 << 30)
+    p.add_argument("--osds", type=int, default=None,
+                   help="OSDs of a new cluster (default: the built one's, else 1); several: "
+                        "pools replicated 3 times, min_size 2, an EC profile radosfs-k2m1")
     p.add_argument("--timeout", type=float, default=90)
     p = sub.add_parser("stop", help="stop the cluster's daemons")
     p.add_argument("directory", metavar="DIR")
@@ -29,12 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     store = getattr(args, "store", None)
+    osds = getattr(args, "osds", None)
+    marker = LocalCluster(args.directory)._read_marker() or {}
     if store is None:
-        marker = LocalCluster(args.directory)._read_marker()
-        store = (marker or {}).get("store", "memstore")
+        store = marker.get("store", "memstore")
+    if osds is None:
+        osds = marker.get("osds", 1)
     cluster = LocalCluster(args.directory, store=store,
                            memstore_bytes=getattr(args, "memstore_bytes", 4 << 30),
-                           bluestore_bytes=getattr(args, "bluestore_bytes", 20 << 30))
+                           bluestore_bytes=getattr(args, "bluestore_bytes", 20 << 30),
+                           osds=osds)
     try:
         if args.command == "start":
             cluster.start(timeout=args.timeout)

@@ -54,11 +54,12 @@ auth service required = cephx
 auth client required = cephx
 auth allow insecure global id reclaim = false
 mon warn on insecure global id reclaim allowed = false
-osd pool default size = 1
-osd pool default min size = 1
+osd pool default size = {min(self.osds, 3)}
+osd pool default min size = {max(1, min(self.osds, 3) - 1)}
 osd pool default pg num = 8
 osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
+# CRUSH failure domain: the OSD (they all live on this one host)
 osd crush chooseleaf type = 0
 mon allow pool size one = true
 mon allow pool delete = true

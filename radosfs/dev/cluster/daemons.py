@@ -133,7 +133,8 @@ class Daemons:
         self._ceph(["osd", "pool", "create", _CHECK_POOL, "1", "1"], timeout=self._left(deadline))
         # Writing before the OSD is active costs ~5 s: the client only asks again for a newer
         # osdmap on its 5 s objecter tick. The OSD's admin socket says when it is active.
-        self._wait_osd_active(deadline)
+        for osd in self._osd_daemons:
+            self._wait_osd_active(deadline, osd)
         probe = self.directory / "run" / "probe"
         probe.write_bytes(b"radosfs.cluster probe\n")
         rados = ["rados", "--conf", str(self.conf_path), "-p", _CHECK_POOL]
@@ -154,14 +155,14 @@ class Daemons:
             self._check_watched()
             time.sleep(0.25)
 
-    def _wait_osd_active(self, deadline: float) -> None:
-        asok = self.directory / "run" / f"{_CLUSTER}-{self._osd.name}.asok"
+    def _wait_osd_active(self, deadline: float, osd: _Daemon) -> None:
+        asok = self.directory / "run" / f"{_CLUSTER}-{osd.name}.asok"
         state = "not started"
         while time.monotonic() < deadline:
             self._check_watched()
             try:
                 out = self._run(["ceph", "--admin-daemon", str(asok), "status"],
-                                min(5.0, self._left(deadline)), daemon=self._osd, watch=True)
+                                min(5.0, self._left(deadline)), daemon=osd, watch=True)
                 state = json.loads(out).get("state", "?")
             except ClusterError:
                 self._check_watched()      # a dead OSD is the real error; else: not up yet
@@ -170,8 +171,8 @@ class Daemons:
             if state == "active":
                 return
             time.sleep(0.1)
-        raise ClusterError(f"{self._osd.name} did not become active in time (state: {state}); "
-                           f"see {self._osd.log_file}")
+        raise ClusterError(f"{osd.name} did not become active in time (state: {state}); "
+                           f"see {osd.log_file}")
 
     def _ceph(self, args: list[str], *, timeout: float, watch: bool = True) -> str:
         timeout = max(1.0, timeout)

@@ -19,22 +19,31 @@ from .daemons import Daemons
 
 log = logging.getLogger(__name__)
 
+EC_PROFILE = "radosfs-k2m1"   # the erasure-code profile of a cluster of several OSDs
+
 
 class LocalCluster(ConfFiles, Daemons):
     """A single-node cluster living in ``directory``; see the module docstring."""
 
     def __init__(self, directory: str | os.PathLike, store: str = "memstore",
                  memstore_bytes: int = 4 << 30, bluestore_bytes: int = 20 << 30,
-                 *, mon_port: int | None = None, extra_conf: str = "") -> None:
+                 *, mon_port: int | None = None, extra_conf: str = "", osds: int = 1) -> None:
         """Describe the cluster; nothing is built or started until ``start()``.
 
         ``mon_port`` forces the mon's msgr2 port on a fresh build (a test hook: it lets a test
         make the mon's bind fail); by default free ports are picked by binding port 0.
         ``extra_conf`` is added to the ``[global]`` section of a fresh build's ceph.conf (e.g.
         ``osd fast shutdown = false``, so a memstore OSD survives a stop).
+        ``osds`` > 1 is the production-shaped profile: that many OSDs (``memstore_bytes`` or
+        ``bluestore_bytes`` each), pools replicated ``min(osds, 3)`` times with min_size
+        one less, CRUSH failure domain osd, and the erasure-code profile ``EC_PROFILE``
+        (k=2, m=1, failure domain osd) for ``ceph osd pool create NAME N N erasure
+        radosfs-k2m1``.
         """
         if store not in ("memstore", "bluestore"):
             raise ValueError(f"store must be 'memstore' or 'bluestore', not {store!r}")
+        if osds < 1:
+            raise ValueError(f"osds must be at least 1, not {osds}")
         self.directory = pathlib.Path(os.path.abspath(directory))
         self.store = store
         self.memstore_bytes = int(memstore_bytes)
@@ -46,8 +55,10 @@ class LocalCluster(ConfFiles, Daemons):
         self._marker = self.directory / _MARKER
         self._mon = _Daemon(self.directory, "mon", _MON_ID)
         self._mgr = _Daemon(self.directory, "mgr", _MGR_ID)
-        self._osd = _Daemon(self.directory, "osd", _OSD_ID)
-        self._daemons = (self._mon, self._mgr, self._osd)
+        self.osds = int(osds)
+        self._osd_daemons = tuple(_Daemon(self.directory, "osd", str(i))
+                                  for i in range(self.osds))
+        self._daemons = (self._mon, self._mgr, *self._osd_daemons)
         self._procs: dict[str, subprocess.Popen] = {}   # daemons this object launched, by name
         self._watch: list[_Daemon] = []                 # launched by the current start()
 
@@ -75,7 +86,11 @@ class LocalCluster(ConfFiles, Daemons):
                 raise ClusterError(f"{self.directory} holds a {built.get('store')} cluster, not "
                                    f"a {self.store} one; start it with store "
                                    f"{built.get('store')!r} or remove the directory")
-            if built is not None and self.store == "memstore" and not self._alive(self._osd):
+            if built is not None and built.get("osds", 1) != self.osds:
+                raise ClusterError(f"{self.directory} holds a cluster of {built.get('osds', 1)} "
+                                   f"OSDs, not {self.osds}; remove the directory")
+            if built is not None and self.store == "memstore" and not all(
+                    self._alive(d) for d in self._osd_daemons):
                 # memstore lost the OSD's data when it stopped: only a fresh build is usable.
                 log.info("memstore cluster in %s was stopped; rebuilding it", self.directory)
                 self.stop()
@@ -113,9 +128,9 @@ class LocalCluster(ConfFiles, Daemons):
 
     def stop(self) -> None:
         """Stop every daemon of this cluster (by pid: SIGTERM, wait, SIGKILL); idempotent."""
-        # The OSD first, so that it can tell the mon it is going down.
+        # The OSDs first, so that they can tell the mon they are going down.
         errors = []
-        for group in ([self._osd], [self._mgr, self._mon]):
+        for group in (list(self._osd_daemons), [self._mgr, self._mon]):
             try:
                 self._stop_daemons(group)
             except ClusterError as exc:
@@ -137,19 +152,22 @@ class LocalCluster(ConfFiles, Daemons):
         return env
 
     def running(self) -> bool:
-        """True when all three daemons (mon, mgr, OSD) of this cluster are alive."""
+        """True when every daemon (mon, mgr, each OSD) of this cluster is alive."""
         return all(self._alive(d) for d in self._daemons)
 
     # -- single daemons, for fault tests: stop one and start it again, by pid
 
     def _daemon(self, kind: str) -> _Daemon:
+        """``kind`` is "mon", "mgr", "osd" (osd.0) or a daemon name such as "osd.2"."""
         for d in self._daemons:
-            if d.kind == kind:
+            if d.name == kind or (d.kind == kind and d.ident in (_MON_ID, _MGR_ID, _OSD_ID)):
                 return d
-        raise ValueError(f"no daemon of kind {kind!r} (mon, mgr, osd)")
+        raise ValueError(f"no daemon {kind!r} (mon, mgr, osd, "
+                         f"{', '.join(d.name for d in self._osd_daemons)})")
 
     def daemon_pid(self, kind: str) -> int | None:
-        """The pid of this cluster's ``kind`` daemon ("mon", "mgr", "osd"), None if stopped."""
+        """The pid of this cluster's daemon ``kind`` ("mon", "mgr", "osd" = "osd.0",
+        "osd.N"), None if stopped."""
         return self._pid(self._daemon(kind))
 
     def stop_daemon(self, kind: str, kill: bool = False, grace: float = 15) -> None:
@@ -168,7 +186,8 @@ class LocalCluster(ConfFiles, Daemons):
 
     def start_daemon(self, kind: str, timeout: float = 60) -> None:
         """Start one stopped daemon of the built cluster again and wait until it serves (a
-        mon answers `ceph mon stat`; an OSD is active; a mgr is launched)."""
+        mon answers `ceph mon stat`; an OSD is active; a mgr is launched). ``kind`` as
+        for ``daemon_pid``."""
         if self._read_marker() is None:
             raise ClusterError(f"no built cluster in {self.directory}; use start()")
         d = self._daemon(kind)
@@ -177,10 +196,10 @@ class LocalCluster(ConfFiles, Daemons):
         if not self._alive(d):
             self._launch(d)
         try:
-            if kind == "mon":
+            if d.kind == "mon":
                 self._ceph(["mon", "stat"], timeout=self._left(deadline))
-            elif kind == "osd":
-                self._wait_osd_active(deadline)
+            elif d.kind == "osd":
+                self._wait_osd_active(deadline, d)
         finally:
             self._watch = []
 
@@ -207,8 +226,10 @@ class LocalCluster(ConfFiles, Daemons):
             (self.directory / sub).mkdir(exist_ok=True)
         fsid = str(uuid.uuid4())
         p2, p1 = _free_ports(2, forced_first=self.mon_port)
-        low = _free_block(_BLOCK_SIZE)
-        self._write_conf(fsid, p2, p1, low, low + _BLOCK_SIZE - 1)
+        block = _BLOCK_SIZE * self.osds       # each OSD binds 8 ports (public, cluster, 2 x hb)
+        low = _free_block(block)
+        high = low + block - 1
+        self._write_conf(fsid, p2, p1, low, high)
         build = self.directory / "build"
         mon_keyring = build / "mon.keyring"
         monmap = build / "monmap"
@@ -234,22 +255,31 @@ class LocalCluster(ConfFiles, Daemons):
                    timeout=self._left(deadline))
         self._launch(self._mgr)
 
-        osd_uuid = str(uuid.uuid4())
-        osd_id = self._ceph(["osd", "new", osd_uuid], timeout=self._left(deadline)).strip()
-        if osd_id != _OSD_ID:
-            raise ClusterError(f"`ceph osd new` returned id {osd_id!r}, expected {_OSD_ID}; "
-                               f"see {self._mon.log_file}")
-        self._osd.data.mkdir(parents=True, exist_ok=True)
-        self._ceph(["auth", "get-or-create", self._osd.name, "mon", "allow profile osd",
-                    "mgr", "allow profile osd", "osd", "allow *",
-                    "-o", str(self._osd.data / "keyring")], timeout=self._left(deadline))
-        self._tool(["ceph-osd", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path),
-                    "--mkfs", "-i", _OSD_ID, "--osd-uuid", osd_uuid], deadline, daemon=self._osd)
-        self._launch(self._osd)
+        osd_uuids = [self._build_osd(osd, deadline) for osd in self._osd_daemons]
+        if self.osds > 1:
+            self._ceph(["osd", "erasure-code-profile", "set", EC_PROFILE, "k=2", "m=1",
+                        "crush-failure-domain=osd"], timeout=self._left(deadline))
         self._marker.write_text(json.dumps({"store": self.store, "fsid": fsid,
-                                            "osd_uuid": osd_uuid, "mon_ports": [p2, p1],
-                                            "bind_ports": [low, low + _BLOCK_SIZE - 1]}) + "\n")
+                                            "osd_uuid": osd_uuids[0], "osd_uuids": osd_uuids,
+                                            "osds": self.osds, "mon_ports": [p2, p1],
+                                            "bind_ports": [low, high]}) + "\n")
         shutil.rmtree(build, ignore_errors=True)
         log.info("built %s cluster %s in %s (mon v2:%d v1:%d, daemons %d-%d) in %.1fs",
-                 self.store, fsid, self.directory, p2, p1, low, low + _BLOCK_SIZE - 1,
+                 self.store, fsid, self.directory, p2, p1, low, high,
                  time.monotonic() - t0)
+
+    def _build_osd(self, osd: _Daemon, deadline: float) -> str:
+        """Create one OSD (ids are handed out in order: 0, 1, ...), launch it; its uuid."""
+        osd_uuid = str(uuid.uuid4())
+        osd_id = self._ceph(["osd", "new", osd_uuid], timeout=self._left(deadline)).strip()
+        if osd_id != osd.ident:
+            raise ClusterError(f"`ceph osd new` returned id {osd_id!r}, expected {osd.ident}; "
+                               f"see {self._mon.log_file}")
+        osd.data.mkdir(parents=True, exist_ok=True)
+        self._ceph(["auth", "get-or-create", osd.name, "mon", "allow profile osd",
+                    "mgr", "allow profile osd", "osd", "allow *",
+                    "-o", str(osd.data / "keyring")], timeout=self._left(deadline))
+        self._tool(["ceph-osd", "-f", "--cluster", _CLUSTER, "--conf", str(self.conf_path),
+                    "--mkfs", "-i", osd.ident, "--osd-uuid", osd_uuid], deadline, daemon=osd)
+        self._launch(osd)
+        return osd_uuid
