@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -155,6 +156,13 @@ def run(cmd: list[str] | str, cluster: LocalCluster | None = None, check: bool =
         env.update(cluster.env())
     res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True,
                          env=env, timeout=timeout, **kw)
+    if res.returncode == -signal.SIGABRT and b"Resource deadlock avoided" in res.stderr:
+        # Ceph 16.2's rados CLI sometimes aborts in its own shutdown (a thread joining
+        # itself: std::system_error EDEADLK), seen once under load with --striper put. The
+        # command is idempotent where the tests use it; run it once more, and say so.
+        print(f"note: {cmd} aborted in Ceph's shutdown (EDEADLK); running it again")
+        res = subprocess.run(cmd, shell=isinstance(cmd, str), capture_output=True,
+                             env=env, timeout=timeout, **kw)
     if check and res.returncode != 0:
         raise AssertionError(f"{cmd} failed ({res.returncode}): "
                              f"{res.stderr.decode(errors='replace')}")
