@@ -113,15 +113,19 @@ def rados_size(cluster: LocalCluster, pool: str, name: str) -> int | None:
 
 # ---- a pool over its quota -------------------------------------------------------------
 
+# Writes `per` MiB to each of `files` files, new ones ("new": O_CREAT|O_TRUNC, named q<i>)
+# or existing ones ("append": O_APPEND, named a<i>); prints [[i, accepted, errno, where]...].
 WRITER = r"""
-import errno, json, os, sys, time
+import json, os, sys
 d, files, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+append = len(sys.argv) > 4 and sys.argv[4] == "append"
+prefix, flags = ("a", os.O_APPEND) if append else ("q", os.O_CREAT | os.O_TRUNC)
 chunk = os.urandom(1 << 20)
 res = []
 for i in range(files):
     accepted, err, where = 0, None, None
     try:
-        fd = os.open(os.path.join(d, f"q{i}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        fd = os.open(os.path.join(d, f"{prefix}{i}"), os.O_WRONLY | flags)
     except OSError as e:
         res.append([i, 0, e.errno, "open"]); continue
     try:

@@ -24,29 +24,6 @@ from test_faults_more import WRITER, rados_size
 
 MiB = 1 << 20
 
-# Appends `per` MiB to each existing file; prints [[i, accepted, errno, where], ...].
-APPENDER = r"""
-import json, os, sys
-d, files, per = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-chunk = os.urandom(1 << 20)
-res = []
-for i in range(files):
-    accepted, err, where = 0, None, None
-    fd = os.open(os.path.join(d, f"a{i}"), os.O_WRONLY | os.O_APPEND)
-    try:
-        for k in range(per):
-            os.write(fd, chunk)
-            accepted += len(chunk)
-    except OSError as e:
-        err, where = e.errno, "write"
-    try:
-        os.close(fd)
-    except OSError as e:
-        err, where = err or e.errno, where or "close"
-    res.append([i, accepted, err, where])
-print(json.dumps(res))
-"""
-
 
 @pytest.fixture(scope="module")
 def small_cluster():
@@ -114,8 +91,9 @@ def test_full_cluster_gives_enospc_and_recovers(small_cluster, tmp_path):
         # New files (refused at open) and appends to old ones (refused at write or
         # close): ENOSPC each time.
         results = {}
-        for script, prefix in ((WRITER, "q"), (APPENDER, "a")):
-            res = subprocess.run([sys.executable, "-c", script, str(d), str(files), str(per)],
+        for mode, prefix in (("new", "q"), ("append", "a")):
+            res = subprocess.run([sys.executable, "-c", WRITER, str(d), str(files), str(per),
+                                  mode],
                                  capture_output=True, text=True, timeout=300)
             assert res.returncode == 0, res.stderr
             results[prefix] = json.loads(res.stdout)
