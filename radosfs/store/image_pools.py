@@ -111,10 +111,19 @@ class ImagePools:
             b.name = name
 
     async def close_backend(self, key: StoreKey) -> None:
-        """Close and forget an image's backend (before the image is removed)."""
-        b = self._backends.pop(key, None)
+        """Close an image's backend (before the image is removed: our own watch would make
+        the removal refuse). It stays this image's one backend: a removal that is refused
+        (EBUSY) leaves the cached file using it, and a second backend would be a second
+        librbd handle of the image in this mount, each with its own idea of the size (see
+        image_backend.py: the one not holding the exclusive lock fails writes with EINVAL).
+        """
+        b = self._backends.get(key)
         if b is not None:
             await b.close()
+
+    def forget_backend(self, key: StoreKey) -> None:
+        """The image is gone (removed): drop its backend, which must be closed."""
+        self._backends.pop(key, None)
 
     # ---- pool-level librbd calls -------------------------------------------------------
 
