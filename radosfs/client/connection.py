@@ -15,6 +15,7 @@ import rados
 
 from .bridge import Bridge
 from .listing import Lister
+from .omap_header import OmapHeaders
 from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class Connection:
         self.bridge = bridge
         self._ioctx: dict[str, rados.Ioctx] = {}
         self.lister = Lister(handle, entity_name_of(handle))
+        #: omap headers (C++ shim on the listing handle; see client/omap_header.py)
+        self.omap_headers = OmapHeaders(self.lister)
         self._osdmap_stale_logged = False
 
     async def list_names(self, pool: str, all_namespaces: bool = False,
