@@ -518,3 +518,25 @@ def test_rm_at_a_pool_quota_says_edquot_and_works_once_lifted(cluster, mnt, rbd_
     assert os.listdir(d) == []
     assert rbd(cluster, "ls", rbd_pool) == b""
     assert "Traceback" not in mnt.read_log()
+
+
+def test_write_after_another_client_shrank_the_open_image(cluster, mnt, rbd_pool):
+    """Another client shrinks an image the mount has open (`rbd resize --allow-shrink`):
+    the mount's known size is stale, and a write below it but past the new end was sent
+    as it was -- librbd clips writes to the image's size: EINVAL from the write-back, at
+    every retry. Now the EINVAL makes it refresh the size, grow the image again and
+    resend: the bytes land (the last writer wins, as with any two writers)."""
+    path = mnt / rbd_pool / "s"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"a" * 8192, 0)
+        os.fsync(fd)
+        run(["rbd", "resize", "--no-progress", "--allow-shrink", "--size", "0",
+             f"{rbd_pool}/s"], cluster)
+        os.pwrite(fd, b"late" * 25, 4000)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    got = rbd_export(cluster, f"{rbd_pool}/s")
+    assert len(got) >= 4100 and got[4000:4100] == b"late" * 25, (len(got), got[4000:4100])
+    assert "Traceback" not in mnt.read_log()
