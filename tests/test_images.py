@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import fails, rbd, rbd_export, run
+from conftest import fails, fsync_retrying, rbd, rbd_export, run
 
 MiB = 1 << 20
 
@@ -556,3 +556,77 @@ def test_backend_snapshot_view_and_version_token(cluster, rbd_pool):
     _in_process(cluster, body)
     # Nothing of ours left open on the image.
     assert b"watcher=" not in rbd(cluster, "status", f"{rbd_pool}/s")
+
+
+def test_rm_at_a_pool_quota_says_edquot_and_works_once_lifted(cluster, mnt, rbd_pool):
+    """At a pool quota librbd cannot remove an image (`rbd rm` neither: the removal goes
+    through the RBD trash, whose trash_add gets EDQUOT, and the rolled-back move says
+    ENOENT). `rm` through the mount gave ENOENT for an image that is there; now EDQUOT
+    with one log line saying to raise the quota. An image whose write-back failed at the
+    quota (EDQUOT at close) keeps its data, and once the quota is lifted every `rm` works
+    (that one's unwritten data is written first, as ever)."""
+    d = mnt / rbd_pool
+    for i in range(60):
+        (d / f"q{i:02}").touch()       # made before the quota: only their data is refused
+    cluster.ceph("osd", "pool", "set-quota", rbd_pool, "max_bytes", str(1 << 20))
+    try:
+        refused = None
+        deadline = time.monotonic() + 90
+        # The OSDs learn of the quota with the next statistics report: keep writing.
+        for i in range(60):
+            try:
+                with open(d / f"q{i:02}", "wb") as f:
+                    f.write(b"%02d" % i * (1 << 19))
+            except OSError as exc:
+                assert exc.errno in (errno.EDQUOT, errno.ENOSPC), exc
+                refused = f"q{i:02}"
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert refused is not None, "no image refused its data"
+        for name in ("q00", refused):
+            with pytest.raises(OSError) as ei:
+                os.unlink(d / name)
+            assert ei.value.errno == errno.EDQUOT, ei.value
+        assert "raise the quota first" in mnt.read_log()
+    finally:
+        cluster.ceph("osd", "pool", "set-quota", rbd_pool, "max_bytes", "0")
+    deadline = time.monotonic() + 90
+    fsync_retrying(d / refused, deadline)   # the OSDs learn of it with their next report
+    assert (d / refused).read_bytes() == refused[1:].encode() * (1 << 19)
+    assert rbd_export(cluster, f"{rbd_pool}/{refused}") == refused[1:].encode() * (1 << 19)
+    for name in sorted(os.listdir(d)):
+        while True:
+            try:
+                os.unlink(d / name)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EDQUOT or time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+    assert os.listdir(d) == []
+    assert rbd(cluster, "ls", rbd_pool) == b""
+    assert "Traceback" not in mnt.read_log()
+
+
+def test_write_after_another_client_shrank_the_open_image(cluster, mnt, rbd_pool):
+    """Another client shrinks an image the mount has open (`rbd resize --allow-shrink`):
+    the mount's known size is stale, and a write below it but past the new end was sent
+    as it was -- librbd clips writes to the image's size: EINVAL from the write-back, at
+    every retry. Now the EINVAL makes it refresh the size, grow the image again and
+    resend: the bytes land (the last writer wins, as with any two writers)."""
+    path = mnt / rbd_pool / "s"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.pwrite(fd, b"a" * 8192, 0)
+        os.fsync(fd)
+        run(["rbd", "resize", "--no-progress", "--allow-shrink", "--size", "0",
+             f"{rbd_pool}/s"], cluster)
+        os.pwrite(fd, b"late" * 25, 4000)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    got = rbd_export(cluster, f"{rbd_pool}/s")
+    assert len(got) >= 4100 and got[4000:4100] == b"late" * 25, (len(got), got[4000:4100])
+    assert "Traceback" not in mnt.read_log()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import errno
 import os
 import random
+import subprocess
+import sys
 import time
 
 import pytest
@@ -318,3 +320,88 @@ def test_second_mount_opens_the_image_now_at_a_name_replaced_elsewhere(mnt, m2, 
             time.sleep(0.5)
     with pytest.raises(FileNotFoundError):
         (m2 / image_pool / "a").read_bytes()
+
+
+# The other librbd client of test_image_truncated_while_another_client_holds_its_lock: it
+# writes one byte (so it owns the image's exclusive lock), says so, and keeps the image
+# open until told to stop.
+LOCK_HOLDER = """
+import sys, rados, rbd
+conf, pool, name = sys.argv[1:]
+with rados.Rados(conffile=conf) as cluster, cluster.open_ioctx(pool) as io:
+    with rbd.Image(io, name) as image:
+        image.write(b"H", 0)
+        assert image.is_exclusive_lock_owner()
+        print("holding", flush=True)
+        sys.stdin.readline()
+"""
+
+
+def test_image_written_after_a_refused_unlink_takes_a_new_descriptors_writes(
+        cluster, mnt, image_pool):
+    """Found by the long model run (image pool, seed 3): b written through one descriptor;
+    unlink(b) refused with EBUSY (the second mount had it open); b written again through
+    that descriptor; open(b, O_TRUNC) and a write through the new one -> its write-back
+    failed with EINVAL from librbd, and from then on every write, fsync, close and unlink
+    of b did (`ImageBackend._aio returned EINVAL (331 bytes at 0)`), and b's image could
+    not be removed any more.
+
+    The refused unlink had dropped the image's backend while the cached file kept using
+    it: the new descriptor got a second one, a second librbd handle of the same image.
+    Its truncate was proxied to the first (which held the exclusive lock), and its own
+    view of the size stayed 0, to which librbd clips every write. EBUSY from a snapshot
+    here (deterministic, the same path in radosfs)."""
+    path = mnt / image_pool / "b"
+    fd1 = create(path)
+    fd2 = None
+    try:
+        os.pwrite(fd1, b"1" * 5000, 0)
+        os.fsync(fd1)
+        run(["rbd", "snap", "create", f"{image_pool}/b@s"], cluster)
+        with pytest.raises(OSError) as ei:
+            os.unlink(path)
+        assert ei.value.errno == errno.EBUSY
+        os.pwrite(fd1, b"2" * 885, 0)
+        os.fsync(fd1)
+        fd2 = os.open(path, os.O_RDWR | os.O_TRUNC)
+        os.pwrite(fd2, b"3" * 331, 0)
+        os.fsync(fd2)
+        os.pwrite(fd2, b"4" * 10, 331)
+        assert os.pread(fd1, 1000, 0) == b"3" * 331 + b"4" * 10
+    finally:
+        errs = [close_quietly(fd) for fd in (fd1, fd2) if fd is not None]
+    assert errs == [None, None]
+    assert rbd_export(cluster, f"{image_pool}/b") == b"3" * 331 + b"4" * 10
+    assert rbd_export(cluster, f"{image_pool}/b@s") == b"1" * 5000
+    run(["rbd", "snap", "purge", "--no-progress", f"{image_pool}/b"], cluster)
+    os.unlink(path)
+    assert run(["rbd", "ls", image_pool], cluster).stdout == b""
+
+
+def test_image_truncated_while_another_client_holds_its_lock(cluster, mnt, image_pool):
+    """The same librbd trap with another client (a VM, `rbd bench`): while it holds the
+    image's exclusive lock, a truncate through the mount is carried out by that client,
+    and the mount's handle, until refreshed, clipped every later write to the old size:
+    EINVAL from its write-back, again at every retry."""
+    path = mnt / image_pool / "v"
+    path.write_bytes(b"0" * 8192)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(cluster.conf_path), image_pool, "v"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"holding\n"
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, 0)               # resized by the holder, the lock owner
+            os.pwrite(fd, b"new" * 100, 0)
+            os.fsync(fd)
+            os.pwrite(fd, b"more", 300)
+        finally:
+            err = close_quietly(fd)
+        assert err is None
+    finally:
+        holder.communicate(b"done\n", timeout=60)
+    assert holder.returncode == 0
+    assert rbd_export(cluster, f"{image_pool}/v") == b"new" * 100 + b"more"
+    os.unlink(path)
+    assert run(["rbd", "ls", image_pool], cluster).stdout == b""

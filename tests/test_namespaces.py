@@ -282,3 +282,23 @@ def test_namespace_option_in_an_image_pool(nm, image_pool, cluster, tmp_path):
     assert sorted(rbd(cluster, "ls", f"{image_pool}/tenant").split()) == [b"inside", b"new"]
     assert rbd(cluster, "ls", image_pool).split() == [b"outside"]
     assert errno_of(os.mkdir, top / "sub") == errno.EPERM
+
+
+def test_mv_in_a_namespace_carries_the_omap_header_there(m, nm, pool, cluster, tmp_path):
+    """The omap header is read and set in the file's own namespace (client/omap_header.py
+    opens C ioctxs of its own), through `.ns/NS/` and through `namespace=`."""
+    from radosfs.client.omap_header import SHIM
+    assert SHIM.exists(), f"{SHIM} is not built: run scripts/setup"
+    put_ns(cluster, pool, "tenant", "f", b"one", tmp_path)
+    put_ns(cluster, pool, "tenant", "h", b"two", tmp_path)
+    rados_ns(cluster, pool, "tenant", "setomapheader", "f", "HF")
+    rados_ns(cluster, pool, "tenant", "setomapheader", "h", "HH")
+    run(["mv", str(m / pool / ".ns" / "tenant" / "f"), str(m / pool / ".ns" / "tenant" / "g")])
+    run(["mv", str(nm / pool / "h"), str(nm / pool / "i")])
+    assert ls_ns(cluster, pool, "tenant") == {b"g", b"i"}
+    assert ls_ns(cluster, pool, "") == set()
+    for oid, header, data in (("g", b"HF", b"one"), ("i", b"HH", b"two")):
+        out = tmp_path / f"hdr-{oid}"
+        rados_ns(cluster, pool, "tenant", "getomapheader", oid, str(out))
+        assert out.read_bytes() == header, oid
+        assert get_ns(cluster, pool, "tenant", oid, tmp_path) == data

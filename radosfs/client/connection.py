@@ -16,6 +16,7 @@ import rados
 
 from .bridge import Bridge
 from .listing import Lister
+from .omap_header import OmapHeaders
 from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class Connection:
         self.namespace = namespace
         self._ioctx: dict[tuple[str, str, int | None], rados.Ioctx] = {}
         self.lister = Lister(handle, entity_name_of(handle))
+        #: omap headers (C++ shim on the listing handle; see client/omap_header.py)
+        self.omap_headers = OmapHeaders(self.lister)
         self._osdmap_stale_logged = False
 
     def in_namespace(self, namespace: str) -> Connection:

@@ -22,6 +22,8 @@ import errno
 import logging
 import os
 import threading
+from contextlib import contextmanager
+from typing import Iterator
 
 import rados
 
@@ -40,7 +42,8 @@ _lib: ctypes.CDLL | None = None
 _lib_lock = threading.Lock()
 
 
-def _librados() -> ctypes.CDLL:
+def librados_c() -> ctypes.CDLL:
+    """librados' C API through ctypes (loaded once; the functions radosfs calls typed)."""
     global _lib
     with _lib_lock:
         if _lib is None:
@@ -57,6 +60,8 @@ def _librados() -> ctypes.CDLL:
             lib.rados_ioctx_destroy.restype = None
             lib.rados_ioctx_set_namespace.argtypes = [vp, cp]
             lib.rados_ioctx_set_namespace.restype = None
+            lib.rados_set_pool_full_try.argtypes = [vp]
+            lib.rados_set_pool_full_try.restype = None
             lib.rados_nobjects_list_open.argtypes = [vp, ctypes.POINTER(vp)]
             lib.rados_nobjects_list_close.argtypes = [vp]
             lib.rados_nobjects_list_close.restype = None
@@ -90,7 +95,7 @@ class Lister:
         with self._lock:
             if self._cluster is not None:
                 return self._cluster
-            lib = _librados()
+            lib = librados_c()
             c = ctypes.c_void_p()
             name = self._name.encode()
             rc = lib.rados_create2(ctypes.byref(c), b"ceph", name, 0)
@@ -120,6 +125,28 @@ class Lister:
             self._cluster = c
             return c
 
+    @contextmanager
+    def c_ioctx(self, pool: str, listing: bool = False, namespace: str = ""
+                ) -> Iterator[ctypes.c_void_p]:
+        """A C API `rados_ioctx_t` of `pool` (in `namespace`, "" = the default one) on this
+        handle, destroyed on exit (blocking; also for client/omap_header.py). RadosFSError
+        if the pool cannot be opened."""
+        lib = librados_c()
+        cluster = self._connect()
+        io = ctypes.c_void_p()
+        rc = lib.rados_ioctx_create(cluster, pool.encode(), ctypes.byref(io))
+        if rc < 0:
+            if listing:
+                self._fail(pool, -rc, "opening the pool")
+            shown = errno.EIO if -rc == errno.ETIMEDOUT else -rc
+            raise RadosFSError(shown, f"cannot open pool {pool}: {_why(-rc)}")
+        try:
+            if namespace:
+                lib.rados_ioctx_set_namespace(io, namespace.encode())
+            yield io
+        finally:
+            lib.rados_ioctx_destroy(io)
+
     def list_names(self, pool: str, all_namespaces: bool = False,
                    limit: int | None = None, namespace: str = "") -> list[bytes]:
         """Every object name of `pool` (in `namespace`, "" = the default one, or in every
@@ -141,14 +168,9 @@ class Lister:
               ) -> list[tuple[bytes, bytes]]:
         """(name, namespace) of every object listed in `nspace` (a namespace's name, b""
         for the default one, or ALL_NAMESPACES)."""
-        lib = _librados()
-        cluster = self._connect()
-        io = ctypes.c_void_p()
-        rc = lib.rados_ioctx_create(cluster, pool.encode(), ctypes.byref(io))
-        if rc < 0:
-            self._fail(pool, -rc, "opening the pool")
-        ctx = ctypes.c_void_p()
-        try:
+        lib = librados_c()
+        with self.c_ioctx(pool, listing=True) as io:
+            ctx = ctypes.c_void_p()
             if nspace:
                 lib.rados_ioctx_set_namespace(io, nspace)
             rc = lib.rados_nobjects_list_open(io, ctypes.byref(ctx))
@@ -158,8 +180,6 @@ class Lister:
                 return self._drain(lib, pool, ctx, limit)
             finally:
                 lib.rados_nobjects_list_close(ctx)
-        finally:
-            lib.rados_ioctx_destroy(io)
 
     def _drain(self, lib, pool: str, ctx: ctypes.c_void_p, limit: int | None
                ) -> list[tuple[bytes, bytes]]:
@@ -192,5 +212,5 @@ class Lister:
     def close(self) -> None:
         with self._lock:
             if self._cluster is not None:
-                _librados().rados_shutdown(self._cluster)
+                librados_c().rados_shutdown(self._cluster)
                 self._cluster = None

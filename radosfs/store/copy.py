@@ -3,7 +3,8 @@
 A rename copies (RADOS has none); it must carry all of it, or refuse (EXDEV) what it cannot
 carry -- never lose it silently. On a striped file the xattrs and omap that belong to the
 file are piece 0's (libradosstriper itself keeps none in omap; tools that put omap on a
-striped file put it there).
+striped file put it there). The omap header goes through client/omap_header.py (only
+librados' C++ API has it); without its shim a header cannot even be seen, and is lost.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import logging
 import rados
 
 from ..client.bridge import Bridge
+from ..client.omap_header import OmapHeaders
 from ..errors import RadosFSError
 
 log = logging.getLogger(__name__)
@@ -59,9 +61,19 @@ def write_meta(io: rados.Ioctx, oid: str, xattrs: dict[str, bytes],
         first = False
 
 
+def copy_header(headers: OmapHeaders, io: rados.Ioctx, src: str, dst: str) -> None:
+    """Give dst (which exists, without a header) src's omap header, if it has one
+    (blocking); both in `io`'s pool and namespace."""
+    pool, namespace = io.get_pool_name(), io.get_namespace()
+    header = headers.get(pool, src, namespace)
+    if header:
+        headers.set(pool, dst, header, namespace)
+
+
 async def copy_metadata(bridge: Bridge, io: rados.Ioctx, src: str, dst: str,
-                        skip_xattrs: tuple[str, ...] = ()) -> None:
-    """Copy src's xattrs (but `skip_xattrs`) and omap keys to dst (which exists)."""
+                        headers: OmapHeaders, skip_xattrs: tuple[str, ...] = ()) -> None:
+    """Copy src's xattrs (but `skip_xattrs`), omap keys and omap header to dst (which
+    exists, new: it has none of them)."""
     def copy() -> None:
         try:
             xattrs = {k: v for k, v in io.get_xattrs(src) if k not in skip_xattrs}
@@ -69,4 +81,5 @@ async def copy_metadata(bridge: Bridge, io: rados.Ioctx, src: str, dst: str,
         except rados.ObjectNotFound:
             raise RadosFSError(errno.ENOENT, f"no object {src}") from None
         write_meta(io, dst, xattrs, omap)
+        copy_header(headers, io, src, dst)
     await bridge.run(copy)

@@ -7,6 +7,14 @@ Traps handled here (see /work/shared/notes/ceph-api-facts.md section 6, plus wha
   IncompleteWriteError). So every write grows the image first.
 * `aio_read` at or past the end fails with EINVAL (not a short read); across the end it is
   short. Reads are clipped to the size here.
+* librbd clips every I/O to *its handle's* idea of the size, and that idea can be stale: a
+  resize made while another client holds the exclusive lock is proxied to that owner, and
+  the handle that asked only refreshes its header lazily -- until something refreshes it,
+  each write starting past the old size fails with EINVAL, for ever (found by the model
+  test, a second handle of the image in the same mount holding the lock; any other
+  librbd client writing the image does the same). `size()` refreshes a handle first, so every
+  resize here is followed by `size()` in the same call, and a write answered EINVAL
+  refreshes, grows the image if it shrank under us (another client), and is sent again.
 * With `rbd_cache=false` (set by connection.py) librbd writes are zero-copy: librbd keeps a
   pointer into our `bytes` until the write completes, so a write is never abandoned on
   cancellation (shielded) and its buffer is held until the completion.
@@ -50,6 +58,17 @@ def _epoch(t: Any) -> float | None:
     if isinstance(t, datetime):
         return t.timestamp()
     return None
+
+
+def _is_einval(exc: BaseException) -> bool:
+    return errno_of(exc) == errno.EINVAL or isinstance(exc, rbd.InvalidArgument)
+
+
+def _refreshed_size(img: rbd.Image) -> int:
+    """The size right after this handle resized the image (blocking). A resize proxied to
+    another lock owner leaves the handle's header stale until refreshed; `size()`
+    refreshes it, so the handle's next I/O is clipped to the new size, not the old one."""
+    return img.size()
 
 
 class HeaderProbe:
@@ -280,7 +299,7 @@ class ImageBackend:
                     lambda img, cb: img.aio_read(offset, n, cb), n, with_length=True)
                 return read_buffer(rv, data)
             except Exception as exc:  # noqa: BLE001
-                if errno_of(exc) != errno.EINVAL and not isinstance(exc, rbd.InvalidArgument):
+                if not _is_einval(exc):
                     raise
                 if offset >= await self.size():  # shrunk under us
                     return b""
@@ -297,12 +316,27 @@ class ImageBackend:
         pos = 0
         while pos < len(data):
             chunk = data if len(data) <= MAX_IO else bytes(view[pos:pos + MAX_IO])
-            # librbd keeps a pointer into `chunk` until the write completes (zero-copy
-            # without rbd_cache): never abandon the wait, and hold the buffer until then.
-            with trio.CancelScope(shield=True):
-                await self._aio(lambda img, cb, c=chunk, o=offset + pos: img.aio_write(c, o, cb),
-                                len(chunk))
+            await self._write_chunk(offset + pos, chunk)
             pos += len(chunk)
+
+    async def _write_chunk(self, offset: int, chunk: bytes) -> None:
+        """One aio_write; answered EINVAL (the handle's size was stale, see the module
+        docstring), it refreshes the size, grows the image past the chunk if needed and
+        sends it once more."""
+        for retry in (False, True):
+            try:
+                # librbd keeps a pointer into `chunk` until the write completes (zero-copy
+                # without rbd_cache): never abandon the wait, and hold the buffer until then.
+                with trio.CancelScope(shield=True):
+                    await self._aio(lambda img, cb: img.aio_write(chunk, offset, cb),
+                                    len(chunk))
+                return
+            except Exception as exc:  # noqa: BLE001
+                if retry or not _is_einval(exc):
+                    raise
+            end = offset + len(chunk)
+            if end > await self.size():
+                await self._grow(max(end, self._size_hint))
 
     async def _grow(self, end: int) -> None:
         """Make the image at least `end` bytes long; never shrinks it."""
@@ -323,16 +357,20 @@ class ImageBackend:
                     if cur < end:
                         raise
                     return cur
-                return end
+                return _refreshed_size(img)
 
             self._known_size = await self.call(grow)
 
     async def truncate(self, size: int) -> None:
         if self.read_only:
             raise RadosFSError(errno.EROFS, f"{self.pool}/{self.name}@{self.snapshot}")
+
+        def resize(img: rbd.Image) -> int:
+            img.resize(size)
+            return _refreshed_size(img)
+
         async with self._resize_lock:
-            await self.call(lambda img: img.resize(size))
-            self._known_size = size
+            self._known_size = await self.call(resize)
             self._size_hint = size
 
     async def flush(self) -> None:

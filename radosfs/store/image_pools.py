@@ -30,6 +30,15 @@ NEGATIVE_APP_TTL = 5.0           # seconds a "not an rbd pool" answer is trusted
 TRASH_WAIT, TRASH_POLL = 15.0, 0.25
 
 
+def _image_exists(io: rados.Ioctx, name: str) -> bool:
+    """Whether image `name` is there (blocking)."""
+    try:
+        rbd.Image(io, name, read_only=True).close()
+    except rbd.ImageNotFound:
+        return False
+    return True
+
+
 class PoolContext:
     """What the images of one pool share: the pool's ioctx and a header probe."""
 
@@ -137,10 +146,19 @@ class ImagePools:
             b.name = name
 
     async def close_backend(self, key: StoreKey) -> None:
-        """Close and forget an image's backend (before the image is removed)."""
-        b = self._backends.pop(key, None)
+        """Close an image's backend (before the image is removed: our own watch would make
+        the removal refuse). It stays this image's one backend: a removal that is refused
+        (EBUSY) leaves the cached file using it, and a second backend would be a second
+        librbd handle of the image in this mount, each with its own idea of the size (see
+        image_backend.py: the one not holding the exclusive lock fails writes with EINVAL).
+        """
+        b = self._backends.get(key)
         if b is not None:
             await b.close()
+
+    def forget_backend(self, key: StoreKey) -> None:
+        """The image is gone (removed): drop its backend, which must be closed."""
+        self._backends.pop(key, None)
 
     # ---- pool-level librbd calls -------------------------------------------------------
 
@@ -174,9 +192,24 @@ class ImagePools:
         the pool's trash (a few metadata updates) and hands the purge to the mgr's
         rbd_support module (`ceph rbd task add trash remove`); if the mgr cannot take it,
         the mount purges it itself in the background. A client that opens the image
-        between the check and the move keeps it in the trash (`rbd trash ls`)."""
+        between the check and the move keeps it in the trash (`rbd trash ls`).
+
+        At a pool quota (or on a full cluster) librbd cannot remove an image at all, `rbd
+        rm` neither: every removal goes through the trash, whose trash_add is refused
+        (EDQUOT), and the rolled-back move says ENOENT for the image that is still there.
+        That gives EDQUOT here, with a line saying what to do."""
         io = await self.ioctx(pool)
         spec = self.spec(pool, name)
+
+        def trash() -> None:
+            try:
+                rbd.RBD().trash_move(io, name, 0)
+            except rbd.ImageNotFound:
+                if not _image_exists(io, name):
+                    raise
+                raise RadosFSError(errno.EDQUOT, f"image {pool}/{name} cannot be removed "
+                                   "at the pool's quota or on a full cluster (RBD's trash "
+                                   "takes a write): raise the quota first") from None
 
         def check_and_trash() -> str:
             try:
@@ -193,7 +226,7 @@ class ImagePools:
                 image_id = image.id()
             finally:
                 image.close()
-            rbd.RBD().trash_move(io, name, 0)
+            trash()
             return image_id
 
         image_id = await self.bridge.run(check_and_trash, what=f"remove image {spec}")

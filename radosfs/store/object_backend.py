@@ -20,6 +20,7 @@ import rados
 import trio
 
 from ..client.bridge import Bridge
+from ..client.omap_header import OmapHeaders
 from ..errors import RadosFSError, printable, refused_in_place
 from .keys import StoreKey
 from .rados_ops import (
@@ -39,9 +40,11 @@ class ObjectBackend:
     """A file of an object pool (at HEAD, or at a pool snapshot when `snap` is set)."""
 
     def __init__(self, bridge: Bridge, ioctx: rados.Ioctx, pool: str, name: str,
-                 snap: str | None = None, striped: StripedData | None = None) -> None:
+                 snap: str | None = None, striped: StripedData | None = None,
+                 headers: OmapHeaders | None = None) -> None:
         self.bridge = bridge
         self.ioctx = ioctx
+        self.headers = headers  # to carry the omap header into the striped layout
         self.name = name
         # The namespace is the ioctx's: the key cannot disagree with where the data is.
         self.key = StoreKey.object(pool, name, snap, ioctx.get_namespace())
@@ -102,7 +105,7 @@ class ObjectBackend:
                     await self._drained.wait()
                 size, _ = await stat_object(self.bridge, self.ioctx, self.name)
                 self.striped = await convert_to_striped(self.bridge, self.ioctx, self.name,
-                                                        size, Layout())
+                                                        size, Layout(), self.headers)
             finally:
                 self._converting = False
 

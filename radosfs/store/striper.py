@@ -23,8 +23,9 @@ import rados
 import trio
 
 from ..client.bridge import Bridge, concurrently
+from ..client.omap_header import OmapHeaders
 from ..errors import RadosFSError, errno_of
-from .copy import read_omap, write_meta
+from .copy import copy_header, read_omap, write_meta
 from .rados_ops import (
     list_names, operate, read_object, stat_object, truncate_object, write_object)
 
@@ -333,8 +334,10 @@ class StripedData:
 
 
 async def convert_to_striped(bridge: Bridge, io: rados.Ioctx, name: str, size: int,
-                             layout: Layout = Layout()) -> StripedData:
-    """Move a plain object into the striper layout (the plain object is removed)."""
+                             layout: Layout = Layout(),
+                             headers: OmapHeaders | None = None) -> StripedData:
+    """Move a plain object into the striper layout (the plain object is removed); its
+    xattrs, omap keys and (with `headers`) omap header go to piece 0."""
     def user_xattrs() -> dict[str, bytes]:
         try:
             return dict(io.get_xattrs(name))
@@ -342,13 +345,15 @@ async def convert_to_striped(bridge: Bridge, io: rados.Ioctx, name: str, size: i
             return {}
     xattrs = await bridge.run(user_xattrs)
     striped = await StripedData.create(bridge, io, name, layout, xattrs)
-    # The omap keys go to piece 0 with the xattrs (see store/copy.py; not the header).
+    # The omap keys and header go to piece 0 with the xattrs (see store/copy.py).
     def move_omap() -> None:
         try:
             omap = read_omap(io, name)
         except rados.ObjectNotFound:
             return
         write_meta(io, piece_name(name, 0), {}, omap)
+        if headers is not None:
+            copy_header(headers, io, name, piece_name(name, 0))
     await bridge.run(move_omap)
     pos = 0
     step = layout.object_size

@@ -3,6 +3,7 @@ image's backend, xattrs as image metadata."""
 from __future__ import annotations
 
 import errno
+import logging
 from typing import Any, Callable
 
 import rbd
@@ -18,6 +19,8 @@ from ..store.rbd_cls import (image_attrs, image_id_of, image_metadata, image_met
 from .base import FileNode
 from .context import MountContext
 from .inodes import image_key
+
+log = logging.getLogger(__name__)
 
 
 class ImageFile(FileNode):
@@ -171,21 +174,30 @@ class ImageFile(FileNode):
     async def remove(self) -> None:
         """Remove the image; see ImagePools.remove_image for the errnos (EBUSY).
 
-        Unwritten data is written first, so a refused removal loses nothing; our own open
-        image is closed (its watch would make the removal refuse). Descriptors still open
-        keep the file until their last close, detached from the cluster (what the image
-        held is copied into memory while its data is still readable by id)."""
+        Unwritten data is written first when it can be; our own open image is closed (its
+        watch would make the removal refuse). Data whose write-back fails (EDQUOT...) does
+        not stop the removal: it stays dirty in the cache, where it goes with the file --
+        kept when the removal is refused, held by the descriptors still open after it
+        (removing a file must work whatever its unwritten data: it is how space is freed).
+        Descriptors still open keep the file until their last close, detached from the
+        cluster (what the image held is copied into memory while its data is still
+        readable by id)."""
         if self.snapshot is not None:
             raise RadosFSError(errno.EROFS, "snapshot view")
         if self.orphaned:
             raise RadosFSError(errno.ENOENT, f"{self.describe()} was removed already")
         f = self.fs.cache.get(self.stored_key)
         if f is not None and f.dirty:
-            await self.fs.cache.flush(f)
+            try:
+                await self.fs.cache.flush(f)
+            except RadosFSError as exc:
+                log.info("unlink of %s goes on with %d unwritten bytes (%s)",
+                         self.describe(), f.dirty_bytes, exc)
         await self.fs.images.close_backend(self.stored_key)
         await self.fs.images.remove_image(self.pool, self.name)
         image = f.backend if f is not None else None
         await self.keep_while_open()   # may open the (trashed) image by id to copy it
         if isinstance(image, ImageBackend):
             await image.close()
+        self.fs.images.forget_backend(self.stored_key)
 

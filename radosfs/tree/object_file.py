@@ -87,7 +87,8 @@ class ObjectFile(FileNode):
     async def stored_backend(self) -> ObjectBackend:
         if self._backend is None:
             self._backend = ObjectBackend(self.fs.bridge, await self.ioctx(), self.pool,
-                                          self.oid, self.snap, self._striped)
+                                          self.oid, self.snap, self._striped,
+                                          self.fs.conn.omap_headers)
         return self._backend
 
     async def open(self, writable: bool, truncate: bool):
@@ -285,9 +286,11 @@ class ObjectFile(FileNode):
         bridge, io = self.fs.bridge, src.ioctx
         if src.striped is not None:
             striped = await StripedData.create(bridge, io, target.oid, src.striped.layout)
-            dst = ObjectBackend(bridge, io, self.pool, target.oid, self.snap, striped)
+            dst = ObjectBackend(bridge, io, self.pool, target.oid, self.snap, striped,
+                                self.fs.conn.omap_headers)
         else:
-            dst = ObjectBackend(bridge, io, self.pool, target.oid, self.snap)
+            dst = ObjectBackend(bridge, io, self.pool, target.oid, self.snap,
+                                headers=self.fs.conn.omap_headers)
             await bridge.run(operate, io, target.oid, lambda op: op.new(
                 rados.LIBRADOS_CREATE_EXCLUSIVE))
         dst.plan_writeback(size, 0)  # the size it will have: no detour through plain
@@ -302,7 +305,8 @@ class ObjectFile(FileNode):
             if pos < size:
                 await dst.truncate(size)
             hidden = INTERNAL_XATTRS if src.striped is not None else ()
-            await copy_metadata(bridge, io, src.head_oid, dst.head_oid, skip_xattrs=hidden)
+            await copy_metadata(bridge, io, src.head_oid, dst.head_oid,
+                                self.fs.conn.omap_headers, skip_xattrs=hidden)
             # Last: the data and metadata writes above stamped "now".
             await bridge.run(operate, io, dst.head_oid, stamp_mtime, mtime)
         except Exception:
