@@ -84,11 +84,12 @@ def test_a_failing_call_after_close_still_releases():
 # ---- through the mount, with batches of 100 names ----------------------------------------
 @pytest.fixture(scope="module")
 def batch_mount(mount_factory):
-    """A mount whose listings fetch BATCH names per bridge call."""
+    """A mount whose listings fetch BATCH names per bridge call (pools removable, to
+    check that rmdir refuses a pool of many names)."""
     old = os.environ.get("RADOSFS_LIST_BATCH")
     os.environ["RADOSFS_LIST_BATCH"] = str(BATCH)
     try:
-        md = mount_factory("")
+        md = mount_factory("allow_pool_delete")
     finally:
         if old is None:
             del os.environ["RADOSFS_LIST_BATCH"]
