@@ -2,6 +2,8 @@
 
 * The cursor's close-while-busy rule, in-process and without a cluster: a close while a
   call is inside librados only marks the cursor; the call releases it when it returns.
+* In-process on the real cluster (a Connection, no FUSE): a listing is one open and one
+  bridge call per batch, `limit=` stops after the batches it needs, the cursor is closed.
 * Through the mount (with `RADOSFS_LIST_BATCH=100`): pools and namespaces of more names
   than one batch, and of exact multiples of it, list completely, checked with `rados ls`;
   `limit=` listings (rmdir's emptiness check, the `.ns` directory) still stop early.
@@ -15,7 +17,11 @@ import uuid
 
 import pytest
 import rados
+import trio
 
+from radosfs.client import listing
+from radosfs.client.bridge import Bridge
+from radosfs.client.connection import ClientConfig, Connection, open_cluster
 from radosfs.client.listing import ListCursor
 from radosfs.errors import RadosFSError
 
@@ -79,6 +85,44 @@ def test_a_failing_call_after_close_still_releases():
     with pytest.raises(RadosFSError):
         cursor._while_busy(fails_after_close)
     assert cursor.released
+
+
+# ---- in-process on the real cluster, through the Connection -----------------------------
+def test_listing_is_one_call_per_batch_and_limit_stops_early(cluster, pool, monkeypatch):
+    names = [f"n{i:04d}" for i in range(3 * BATCH + 57)]
+    put_many(cluster, pool, names)
+    monkeypatch.setattr(listing, "LIST_BATCH", BATCH)
+    cursors: list[ListCursor] = []
+    real_init = ListCursor.__init__
+
+    def spy_init(self, *args, **kw):  # type: ignore[no-untyped-def]
+        real_init(self, *args, **kw)
+        cursors.append(self)
+    monkeypatch.setattr(ListCursor, "__init__", spy_init)
+    handle = open_cluster(ClientConfig(conf=str(cluster.conf_path), op_timeout=20))
+
+    async def main() -> None:
+        conn = Connection(handle, Bridge(op_timeout=20))
+        stats = conn.bridge.stats
+        try:
+            before = stats["thread_calls"]
+            full = await conn.list_names(pool)
+            # open + 4 batches (100, 100, 100, 57 and the end)
+            assert stats["thread_calls"] - before == 1 + 4
+            assert sorted(n.decode() for n in full) == names
+            before = stats["thread_calls"]
+            first = await conn.list_names(pool, limit=2 * BATCH + 50)
+            assert stats["thread_calls"] - before == 1 + 3  # 100, 100, 50: no more
+            assert first == full[:2 * BATCH + 50]
+            assert await conn.list_names(pool, limit=1) == full[:1]
+            assert await conn.list_namespaces(pool) == {b""}
+        finally:
+            conn.close()
+    try:
+        trio.run(main)
+    finally:
+        handle.shutdown()
+    assert len(cursors) == 4 and all(c.released for c in cursors), "a cursor left open"
 
 
 # ---- through the mount, with batches of 100 names ----------------------------------------
