@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import rados
 
@@ -93,7 +93,8 @@ def _why(err: int) -> str:
     return os.strerror(err)
 
 
-def _fail(pool: str, err: int, when: str) -> None:
+def _fail(pool: str, err: int, when: str) -> NoReturn:
+    """Raise the RadosFSError of a listing that did not complete."""
     # One log line per failure: the request that asked logs this error with its own name.
     log.debug("listing of pool %s failed %s: %s", pool, when, _why(err))
     shown = errno.EIO if err == errno.ETIMEDOUT else err
@@ -257,7 +258,7 @@ class Lister:
         rc = lib.rados_ioctx_create(cluster, pool.encode(), ctypes.byref(io))
         if rc < 0:
             if listing:
-                self._fail(pool, -rc, "opening the pool")
+                _fail(pool, -rc, "opening the pool")
             shown = errno.EIO if -rc == errno.ETIMEDOUT else -rc
             raise RadosFSError(shown, f"cannot open pool {pool}: {_why(-rc)}")
         if namespace:
@@ -317,10 +318,6 @@ class Lister:
         """The namespaces of `pool` holding at least one object (b"" = the default one),
         from a listing of every namespace: complete, or RadosFSError as list_entries."""
         return {ns for _, ns in await self.list_entries(bridge, pool, ALL_NAMESPACES)}
-
-    @staticmethod
-    def _fail(pool: str, err: int, when: str) -> None:
-        _fail(pool, err, when)
 
     def close(self) -> None:
         with self._lock:
