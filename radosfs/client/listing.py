@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any, Callable, Iterator, NoReturn, TypeVar
 
 import rados
+import trio
 
 from ..errors import RadosFSError
 from .bridge import Bridge
@@ -302,9 +303,15 @@ class Lister:
                     break
             return entries
         finally:
-            # Even when cancelled or timed out: close() only marks a cursor whose call is
-            # still inside librados, so it never blocks the loop.
-            cursor.close()
+            # Even when cancelled or timed out (shielded), and in a worker thread: the frees
+            # are librados calls too. close() only marks a cursor whose call is still inside
+            # librados; that call releases it when it returns.
+            with trio.CancelScope(shield=True):
+                try:
+                    await bridge.run(cursor.close, what=f"closing the {what}")
+                except RadosFSError as exc:
+                    log.warning("%s was not closed (%s): its listing context is leaked",
+                                what, exc)
 
     async def list_names(self, bridge: Bridge, pool: str, all_namespaces: bool = False,
                          limit: int | None = None, namespace: str = "") -> list[bytes]:
