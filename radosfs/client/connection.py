@@ -148,13 +148,13 @@ class Connection:
         our namespace (or of every namespace) as raw bytes, or RadosFSError if the
         listing did not complete. Listings are of HEAD whatever an ioctx's read snapshot
         (librados ignores it for listings)."""
-        return await self.bridge.run(self.lister.list_names, pool, all_namespaces, limit,
-                                     self.namespace)
+        return await self.lister.list_names(self.bridge, pool, all_namespaces, limit,
+                                            self.namespace)
 
     async def list_namespaces(self, pool: str) -> set[bytes]:
         """The RADOS namespaces of `pool` that hold at least one object (b"" = the
         default one), from one checked listing of every namespace."""
-        return await self.bridge.run(self.lister.list_namespaces, pool)
+        return await self.lister.list_namespaces(self.bridge, pool)
 
     async def open_ioctx(self, pool: str) -> rados.Ioctx:
         """A new ioctx of the pool in our namespace, owned by the caller."""
