@@ -220,6 +220,39 @@ def test_second_mount_reads_a_file_that_became_striped(mnt, m2, pool):
     assert os.stat(b).st_size == 66 * MiB
 
 
+def test_second_mount_sees_a_same_size_write_past_a_striped_files_head(cluster, mnt, m2,
+                                                                      pool, tmp_path):
+    """Model, seed 9, object pool (7,900 steps): a striped file cached by the second mount,
+    then 928 bytes written at 8 MiB - 1 through the first (pieces 1 and 2; the size
+    unchanged), closed: the second mount's next open kept serving zeros there, because the
+    file's version is its head's (size, mtime) and nothing had touched the head."""
+    a, b = mnt / pool / "c", m2 / pool / "c"
+    with open(a, "wb") as f:
+        f.truncate(70 * MiB)                   # striped
+    settle()
+    with open(b, "rb") as f:
+        assert f.read() == bytes(70 * MiB)     # cached there now
+    before = os.stat(a).st_mtime
+    settle()
+    data = random.randbytes(928)
+    fd = os.open(a, os.O_WRONLY)
+    os.pwrite(fd, data, 8 * MiB - 1)
+    os.close(fd)
+    assert os.stat(a).st_mtime > before        # stat shows the change
+    settle()
+    with open(b, "rb") as f:
+        f.seek(8 * MiB - 1)
+        assert f.read(928) == data
+    # Last: `rados --striper get` takes the striper's lock on the head, which stamps it.
+    out = tmp_path / "c"
+    run(["rados", "-p", pool, "--striper", "get", "c", str(out)], cluster)
+    with open(out, "rb") as f:
+        f.seek(8 * MiB - 1)
+        assert f.read(928) == data
+    out.unlink()
+    a.unlink()
+
+
 def test_second_mount_reads_a_file_that_became_plain(mnt, m2, pool):
     """The other direction: striped when the second mount read it, then removed and
     written again small (a plain object) through the first mount."""

@@ -282,8 +282,10 @@ class ObjectBackend:
         await self.striped.truncate(size)  # type: ignore[union-attr]
 
     async def flush(self) -> None:
-        # A librados write is acknowledged only once it is durable on the OSDs.
-        return None
+        # A librados write is acknowledged only once it is durable on the OSDs; a striped
+        # file's head still needs the new mtime its version is read from.
+        if self.striped is not None:
+            await self.striped.stamp_head()
 
     async def version(self) -> tuple[int, Hashable]:
         """(size, token). Right after writes of ours (the flush at close) it comes from

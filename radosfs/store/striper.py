@@ -27,7 +27,8 @@ from ..client.omap_header import OmapHeaders
 from ..errors import RadosFSError, errno_of
 from .copy import copy_header, read_omap, write_meta
 from .rados_ops import (
-    list_names, operate, read_object, stat_object, truncate_object, write_object)
+    list_names, operate, operate_aio, read_object, stamp_mtime, stat_object, truncate_object,
+    write_object)
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ class StripedData:
         self.stored_size = size
         self._wanted = size
         self._size_lock = trio.Lock()
+        # Data written to pieces past the head since the head was last changed: its mtime
+        # (the file's version, what other mounts revalidate by) does not show it yet.
+        self._unstamped = False
 
     @property
     def head(self) -> str:
@@ -234,10 +238,27 @@ class StripedData:
             async with concurrently() as nursery:
                 for ext in extents:
                     nursery.start_soon(one, *ext)
-        await self.set_size(offset + len(data), grow_only=True)
+        stored = await self.set_size(offset + len(data), grow_only=True)
+        if not stored and all(ext[0] != 0 for ext in extents):
+            self._unstamped = True
 
-    async def set_size(self, size: int, grow_only: bool = False) -> None:
-        """Store `striper.size`; updates are serialized so a smaller one never lands last.
+    async def stamp_head(self) -> None:
+        """Give the head the mtime of now if pieces past it were written since it last
+        changed (called by the flush at fsync/close). The head's (size, mtime) is the file's
+        version: without this, a same-size write into piece 1 or later left it as it was,
+        and another mount that had cached the file kept serving the old bytes after our
+        close (the seed-9 model run); `stat` showed the old mtime too."""
+        if self._unstamped:
+            self._unstamped = False
+            try:
+                await operate_aio(self.bridge, self.io, self.head, stamp_mtime)
+            except BaseException:
+                self._unstamped = True
+                raise
+
+    async def set_size(self, size: int, grow_only: bool = False) -> bool:
+        """Store `striper.size` (True) unless a growth is no growth (False); updates are
+        serialized so a smaller one never lands last (the setxattr stamps the head's mtime).
 
         Growing writes that queue up behind one update are answered by the next: it
         stores the largest size asked for so far (one setxattr, not one per write).
@@ -247,13 +268,15 @@ class StripedData:
         async with self._size_lock:
             if grow_only:
                 if size <= self.stored_size:
-                    return
+                    return False
                 size = max(size, self._wanted)
             else:
                 self._wanted = size  # a truncate: earlier growth no longer applies
             await self.bridge.aio(lambda cb: self.io.aio_setxattr(
                 self.head, XATTR_SIZE, str(size).encode(), cb))
             self.stored_size = size
+            self._unstamped = False
+            return True
 
     async def truncate(self, size: int) -> None:
         """Cut the file to `size`: pieces wholly past it go, the ones across it are cut.
