@@ -107,6 +107,41 @@ def test_rados_put_shows_as_file(mnt, pool, rados, tmp_path):
     assert re.search(rf"\s{len(data)}\s.*put\.bin$", listing, re.M), listing
 
 
+def test_lookups_after_a_plain_file_still_find_every_kind(mount_factory, pool, rados,
+                                                          tmp_path):
+    """After a lookup found a plain file, the next asks for the plain object first and the
+    directory marker and striped head only when it is missing: every kind must still be
+    found, in any order, and a plain file costs two RADOS operations (stat + first read)."""
+    src = tmp_path / "data"
+    src.write_bytes(b"striped or not\n")
+    for name in ("a", "b", "c", "d/x"):
+        rados(pool, "put", name, str(src))
+    rados(pool, "--striper", "put", "s", str(src))
+    rados(pool, "put", "e/", "/dev/null")          # a marker with nothing under it
+    m = mount_factory("")
+    try:
+        def ops() -> int:
+            return json.loads((m.path / ".radosfs-stats").read_text())["rados"]["aio_ops"]
+        kinds = {}
+        for name in ("a", "d", "b", "s", "c", "e", "a2", "d", "s", "b"):
+            try:
+                kinds.setdefault(name, set()).add(
+                    "dir" if (m.path / pool / name).is_dir() else
+                    str((m.path / pool / name).stat().st_size))
+            except FileNotFoundError:
+                kinds.setdefault(name, set()).add("missing")
+        assert kinds == {"a": {"15"}, "b": {"15"}, "c": {"15"}, "s": {"15"}, "d": {"dir"},
+                         "e": {"dir"}, "a2": {"missing"}}, kinds
+        rados(pool, "put", "f", str(src))
+        rados(pool, "put", "g", str(src))
+        assert (m.path / pool / "g").read_bytes() == src.read_bytes()  # a plain file last
+        before = ops()
+        assert (m.path / pool / "f").read_bytes() == src.read_bytes()
+        assert ops() - before == 2, "a plain file after a plain file: stat + read, no more"
+    finally:
+        m.close()
+
+
 def test_cp_over_a_longer_file_shrinks_it(mnt, pool, rados, tmp_path):
     (tmp_path / "long").write_bytes(rand_bytes(1_200_000))
     rados(pool, "put", "obj", str(tmp_path / "long"))

@@ -1,5 +1,8 @@
 """The benchmark's units and the shape of its workload (sizes, counts, requests in flight)."""
 
+import sys
+from pathlib import Path
+
 MiB = 1 << 20
 GiB = 1 << 30
 OBJ = 4 * MiB                 # object size of the aio loop (the striper's default too)
@@ -13,7 +16,9 @@ FIND_COUNT = 200_000           # objects of the find + RSS step
 REREAD_SIZE = 256 * MiB
 RSS_INTERVAL = 0.05
 RSS_MARGIN = 150 * MiB
-PY_SPY_CANDIDATES = ("py-spy", "/tmp/tv/bin/py-spy")
+# py-spy on PATH, else the one installed beside this interpreter (the venv's bin/, which
+# is not on PATH when the bench is started as .venv/bin/python scripts/bench).
+PY_SPY_CANDIDATES = ("py-spy", str(Path(sys.executable).parent / "py-spy"))
 # The image the fio rows run on (written in full first): 4 x the default cache_size, so
 # the daemon's cache cannot simply hold it all (random I/O on an image the size of a disk).
 FIO_IMAGE = 2 * 1024 * 1024 * 1024
