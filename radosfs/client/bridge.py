@@ -352,21 +352,24 @@ class Bridge:
         return rest
 
     async def aio_many(self, submits: list[Callable[[Callable[..., None]], Any]], *,
-                       timeout: float | None = None) -> list[tuple | BaseException]:
+                       timeout: float | None = None, with_length: bool = False
+                       ) -> list[tuple | BaseException]:
         """Many small asynchronous calls (e.g. a listing's stats) with one wake-up.
 
         The completions count down on librados' threads and only the last one hands
         control back to the loop: no trio task or event per call. Each result is the
         extra callback arguments, or the RadosFSError the call failed with (ETIMEDOUT for
-        those not answered within op_timeout, or `timeout`, per batch).
+        those not answered within op_timeout, or `timeout`, per batch). `with_length` as
+        for `aio`: each result starts with the completion's return value (reads).
         """
         results: list[Any] = []
         for start in range(0, len(submits), MAX_BATCH):
-            results.extend(await self._aio_batch(submits[start:start + MAX_BATCH], timeout))
+            results.extend(await self._aio_batch(submits[start:start + MAX_BATCH], timeout,
+                                                 with_length))
         return results
 
     async def _aio_batch(self, submits: list[Callable[[Callable[..., None]], Any]],
-                         timeout: float | None) -> list:
+                         timeout: float | None, with_length: bool = False) -> list:
         n = len(submits)
         if not n:
             return []
@@ -426,7 +429,8 @@ class Bridge:
                 out.append(item)
                 continue
             try:
-                out.append(self._result(*item, submits[i]))
+                rest = self._result(*item, submits[i])
+                out.append((item[0], *rest) if with_length else rest)
             except RadosFSError as exc:
                 out.append(exc)
         return out

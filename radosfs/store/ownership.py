@@ -221,9 +221,17 @@ class PoolFlag:
     lock: trio.Lock = field(default_factory=trio.Lock)
 
 
-async def pool_has_overrides(bridge: Bridge, io: rados.Ioctx, flag: PoolFlag) -> bool:
+def known_overrides(flag: PoolFlag) -> bool | None:
+    """`pool_has_overrides` without a round trip; None when it would need one."""
     if flag.present or time.monotonic() - flag.checked < FLAG_TTL:
         return flag.present
+    return None
+
+
+async def pool_has_overrides(bridge: Bridge, io: rados.Ioctx, flag: PoolFlag) -> bool:
+    known = known_overrides(flag)
+    if known is not None:
+        return known
     async with flag.lock:
         if not flag.present and time.monotonic() - flag.checked >= FLAG_TTL:
             try:

@@ -44,6 +44,36 @@ async def read_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: int
     return await read_in_pieces(once, offset, length)
 
 
+async def stat_many_and_read(bridge: Bridge, ioctx: rados.Ioctx, names: tuple[str, ...],
+                             length: int
+                             ) -> tuple[dict[str, tuple[int, float] | None], bytes | None]:
+    """Stats of `names` and (`length` > 0) a read of the first `length` bytes of the first
+    of them, sent together with one wake-up for all (a lookup: no trio task per call).
+
+    Returns ({name: (size, mtime), or None if it does not exist}, the bytes read, or None
+    if the read failed: ENOENT, or whatever the stat of the same object reports). Any
+    error of a stat other than ENOENT is raised. Only the read's return value says how
+    much was read (see `read_buffer`)."""
+    submits = [lambda cb, o=o: ioctx.aio_stat(o, cb) for o in names]
+    if length > 0:
+        submits.append(lambda cb: ioctx.aio_read(names[0], length, 0, cb))
+    results = await bridge.aio_many(submits, with_length=True)
+    found: dict[str, tuple[int, float] | None] = {}
+    for o, st in zip(names, results):
+        if isinstance(st, BaseException):
+            if getattr(st, "errno", None) != errno.ENOENT:
+                raise st
+            found[o] = None
+            continue
+        _, size, mtime = st
+        found[o] = None if size is None else (size, struct_to_epoch(mtime))
+    data = None
+    if length > 0 and not isinstance(results[-1], BaseException):
+        rv, buf = results[-1]
+        data = read_buffer(rv, buf)
+    return found, data
+
+
 async def read_in_pieces(read_once, offset: int, length: int) -> bytes:
     """Split a read into requests of at most MAX_IO (under osd_max_write_size and the
     in-flight budget); stop at the first short piece (end of object or image)."""

@@ -27,7 +27,7 @@ from ..metrics import RequestMetrics
 from ..options import MountOptions
 from ..store.image_pools import ImagePools
 from ..store.keys import StoreKey
-from ..store.ownership import PoolFlag, pool_has_overrides
+from ..store.ownership import PoolFlag, known_overrides, pool_has_overrides
 from .inodes import InodeTable
 from .pool_state import PoolIndex
 
@@ -133,6 +133,10 @@ class MountContext:
         with it at HEAD a record may be there at any snapshot too."""
         head = await self.conn.ioctx(pool)
         return await pool_has_overrides(self.bridge, head, self.pool_flag(pool))
+
+    def overrides_known(self, pool: str) -> bool | None:
+        """`has_overrides` as far as it is known without a round trip (None: not)."""
+        return known_overrides(self.pool_flag(pool))
 
     def counters(self) -> dict:
         o = self.options

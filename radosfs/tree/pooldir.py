@@ -21,7 +21,7 @@ import trio
 
 from ..client.bridge import concurrently
 from ..errors import RadosFSError
-from ..store.rados_ops import (create_object, operate_aio, read_object, stamp_mtime,
+from ..store.rados_ops import (create_object, operate_aio, stamp_mtime, stat_many_and_read,
                                 stat_object)
 from ..store.keys import StoreKey
 from ..store.ownership import (FLAG_OBJECT, NO_OVERRIDE, Ownership, check_time, mark_pool,
@@ -261,8 +261,9 @@ class PoolDir(PoolXattrs, PoolListing):
         results: dict[str, tuple[int, float] | None] = {}
         owner = [NO_OVERRIDE, NO_OVERRIDE]   # the object's record, the marker's
 
+        content: list[bytes | None] = [None]
+
         async def owner_probe(which: tuple[int, ...]) -> None:
-            # In parallel with the stats: one round trip for a lookup, not two.
             if await self.fs.has_overrides(self.pool, io):
                 async def one(i: int) -> None:
                     owner[i] = await bridge.run(read_ownership, io, (oid, oid + "/")[i])
@@ -270,25 +271,25 @@ class PoolDir(PoolXattrs, PoolListing):
                     for i in which:
                         n2.start_soon(one, i)
 
-        async def probe(o: str) -> None:
-            try:
-                results[o] = await stat_object(bridge, io, o)
-            except RadosFSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-                results[o] = None
-
-        content: list[bytes | None] = [None]
-
-        async def read_probe() -> None:
-            # In parallel with the stats, the first bytes: for a small file, all of it,
-            # so the open and read that usually follow need no round trip of their own
-            # (not in a burst of lookups that find nothing: creates, whose lookups it
-            # would only cost an operation each).
-            try:
-                content[0] = await read_object(bridge, io, oid, 0, LOOKUP_READ)
-            except RadosFSError:
-                pass  # ENOENT, or whatever the stat of the same object reports
+        async def ask(names: tuple[str, ...], which: tuple[int, ...], read: bool) -> None:
+            # The stats and the first bytes (for a small file, all of it, so the open and
+            # read that usually follow need no round trip of their own; not in a burst of
+            # lookups that find nothing: creates, whose lookups it would only cost an
+            # operation each) in one batch: one wake-up, no task per call. The owner
+            # records, where the pool has any (or may have: the flag's answer is a second
+            # old), in parallel: still one round trip.
+            async def batch() -> None:
+                found, data = await stat_many_and_read(bridge, io, names,
+                                                       LOOKUP_READ if read else 0)
+                results.update(found)
+                if data is not None:
+                    content[0] = data
+            if self.fs.overrides_known(self.pool) is False:
+                await batch()
+                return
+            async with concurrently() as n:
+                n.start_soon(batch)
+                n.start_soon(owner_probe, which)
 
         head = piece_name(oid, 0)
         # Which of the three a name can be (a plain object, a directory marker `name/`, a
@@ -298,17 +299,13 @@ class PoolDir(PoolXattrs, PoolListing):
         # there (a second round trip, for a guess that was wrong). Two RADOS operations
         # per lookup instead of four, where almost every name is a plain file.
         plain_first = self._last_plain
-        async with concurrently() as n:
-            for o in ((oid,) if plain_first else (oid, oid + "/", head)):
-                n.start_soon(probe, o)
-            n.start_soon(owner_probe, (0,) if plain_first else (0, 1))
-            if self.snap is None and self._misses < LOOKUP_READ_SKIP:
-                n.start_soon(read_probe)
-        if plain_first and results[oid] is None:
-            async with concurrently() as n:
-                for o in (oid + "/", head):
-                    n.start_soon(probe, o)
-                n.start_soon(owner_probe, (1,))
+        read_along = self.snap is None and self._misses < LOOKUP_READ_SKIP
+        if plain_first:
+            await ask((oid,), (0,), read_along)
+            if results[oid] is None:
+                await ask((oid + "/", head), (1,), False)
+        else:
+            await ask((oid, oid + "/", head), (0, 1), read_along)
         self._misses = 0 if any(r is not None for r in results.values()) else self._misses + 1
         self._last_plain = results[oid] is not None
         if results[oid] is not None:
