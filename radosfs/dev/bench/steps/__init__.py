@@ -4,12 +4,14 @@ markdown table in `b.sections`, unmounts with `b.umount(m)` and deletes its data
 from __future__ import annotations
 
 from ..harness import Step
-from . import bigfile, find, fio, listing, rbd, reread, smallfiles
+from . import bigfile, find, fio, floor, listing, rbd, reread, smallfiles
 
 STEPS = [
     Step("bigfile", "big file: cp/cat vs rados --striper vs librados aio; daemon peak RSS",
          bigfile.run),
     Step("smallfiles", "1,000 x 4 KiB: create, ls -l, cat vs librados", smallfiles.run),
+    Step("floor", "1,000 x 4 KiB: create, cat through an in-memory pyfuse3 filesystem",
+         floor.run),
     Step("listing", "ls -l of a 10,000-object pool, fresh mount", listing.run),
     Step("find", "find over a 200,000-object pool: time, daemon RSS, inodes forgotten",
          find.run),
