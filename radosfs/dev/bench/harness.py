@@ -3,6 +3,7 @@ the run loop over the steps, and the cleanup that always runs."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -13,7 +14,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import rados
 
@@ -22,7 +23,7 @@ from radosfs.dev.mount_process import MountProcess
 
 from .constants import MiB, REREAD_SIZE
 from .meters import CpuMeter, drop_caches, loadavg, rss_of
-from .references import RbdFuse, clear_pool
+from .references import RbdFuse, aio_many, clear_pool
 
 
 def say(msg: str) -> None:
@@ -140,6 +141,20 @@ class Bench:
         self.extra_pools.append(name)
         app_enable(self.rados, name)
         return name, self.rados.open_ioctx(name)
+
+    @contextlib.contextmanager
+    def filled_pool(self, suffix: str, names: list[str], body: bytes, r: dict
+                    ) -> Iterator[tuple[str, rados.Ioctx]]:
+        """A new pool holding `names`, each `body` (made with librados aio; the time in
+        r["create_s"]); the pool and its objects are deleted afterwards."""
+        pool, io = self.new_pool(suffix)
+        try:
+            say(f"creating {len(names):,} objects in {pool} with librados aio")
+            r["create_s"] = aio_many(io, names, "write", 64, body)
+            yield pool, io
+        finally:
+            io.close()
+            self.delete_pool(pool)
 
     def delete_pool(self, name: str) -> None:
         try:

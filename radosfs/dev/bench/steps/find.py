@@ -11,7 +11,6 @@ import time
 from ..constants import FIND_COUNT, RSS_MARGIN
 from ..harness import Bench, say
 from ..meters import RssSampler, rss_of, timed
-from ..references import aio_many
 
 FORGET_WAIT = 20.0     # seconds to wait for the kernel's forgets to arrive
 
@@ -23,11 +22,8 @@ def _known(stats: dict) -> int | None:
 def run(b: Bench) -> None:
     r: dict = {"count": FIND_COUNT}
     b.results["find"] = r
-    pool, io = b.new_pool("find")
-    try:
-        say(f"creating {FIND_COUNT:,} objects in {pool} with librados aio")
-        names = [f"obj-{i:06d}" for i in range(FIND_COUNT)]
-        r["create_s"] = aio_many(io, names, "write", 64, b"x" * 16)
+    names = [f"obj-{i:06d}" for i in range(FIND_COUNT)]
+    with b.filled_pool("find", names, b"x" * 16, r) as (pool, _):
         m = b.mount()
         try:
             r["rss_before_bytes"] = rss_of(m.pid) if m.pid else None
@@ -63,9 +59,6 @@ def run(b: Bench) -> None:
         if r["find_lines"] != FIND_COUNT + 1:
             b.issue(f"find over the {FIND_COUNT:,}-object pool gave {r['find_lines']} "
                     f"lines, not {FIND_COUNT + 1}")
-    finally:
-        io.close()
-        b.delete_pool(pool)
     limit = b.cache_size + RSS_MARGIN
     after = r.get("rss_after_find_bytes")
     r["rss_limit_bytes"] = limit

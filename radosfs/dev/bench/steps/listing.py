@@ -16,11 +16,8 @@ from ..report import ratio
 def run(b: Bench) -> None:
     r: dict = {"count": LIST_COUNT}
     b.results["listing"] = r
-    pool, io = b.new_pool("list")
-    try:
-        say(f"creating {LIST_COUNT:,} objects in {pool} with librados aio")
-        names = [f"obj-{i:05d}" for i in range(LIST_COUNT)]
-        r["create_s"] = aio_many(io, names, "write", 64, b"x" * 100)
+    names = [f"obj-{i:05d}" for i in range(LIST_COUNT)]
+    with b.filled_pool("list", names, b"x" * 100, r) as (pool, io):
         t0 = time.perf_counter()
         n = sum(1 for _ in io.list_objects())
         r["librados_list_s"] = time.perf_counter() - t0
@@ -48,10 +45,6 @@ def run(b: Bench) -> None:
         if r["ls_lines"] != LIST_COUNT + 1:
             b.issue(f"ls -l of the 10,000-object pool gave {r['ls_lines']} lines, "
                     f"not {LIST_COUNT + 1}")
-        aio_many(io, names, "remove", 64)
-    finally:
-        io.close()
-        b.delete_pool(pool)
     r["ok"] = r["radosfs_ls_s"] < 2.0
     r["ratio_vs_list_plus_aio_stat"] = ratio(r["radosfs_ls_s"],
                                              r["librados_list_s"] + r["librados_stat_s"])
