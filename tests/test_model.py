@@ -72,6 +72,7 @@ and, while one bug is known, steering around it to look for others:
 """
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import os
@@ -185,6 +186,7 @@ class Env:
         self.base = base
         self.examples = 0
         self.steps = 0              # checked steps, over all examples (printed at the end)
+        self.rules: collections.Counter[str] = collections.Counter()   # ... by rule
         self.busy_images: list[str] = []   # removed later: the second mount held them
         self.m1 = self._mount("m1")
         self.m2 = self._mount("m2")
@@ -272,6 +274,7 @@ def checked(fn):
     """A rule: run it, then check names and sizes; remember whether a step failed."""
     @functools.wraps(fn)
     def step(self, **kw):
+        self.env.rules[fn.__name__] += 1
         try:
             fn(self, **kw)
             self.check_state()
@@ -726,6 +729,7 @@ def run_variant(env: Env) -> None:
         raise
     finally:
         print(f"model {env.kind}: {env.steps} steps checked in {env.examples} examples")
+        print("  by rule: " + ", ".join(f"{k} {v}" for k, v in sorted(env.rules.items())))
     env.close()
 
 
