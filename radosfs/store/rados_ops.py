@@ -4,7 +4,7 @@ from __future__ import annotations
 import errno
 import itertools
 import time
-from typing import AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import rados
 import trio
@@ -44,6 +44,22 @@ async def read_object(bridge: Bridge, ioctx: rados.Ioctx, name: str, offset: int
     return await read_in_pieces(once, offset, length)
 
 
+def stat_submit(ioctx: rados.Ioctx, name: str) -> Callable[[Callable[..., None]], Any]:
+    """One aio_stat for `Bridge.aio_many`."""
+    return lambda cb: ioctx.aio_stat(name, cb)
+
+
+def stat_answer(res: tuple | BaseException) -> tuple[int, float] | None:
+    """One aio_stat's result from `Bridge.aio_many` (without `with_length`): (size, mtime),
+    or None if the object does not exist; any other error is raised."""
+    if isinstance(res, BaseException):
+        if errno_of(res) != errno.ENOENT:
+            raise res
+        return None
+    size, mtime = res
+    return None if size is None else (size, struct_to_epoch(mtime))
+
+
 async def stat_many_and_read(bridge: Bridge, ioctx: rados.Ioctx, names: tuple[str, ...],
                              length: int
                              ) -> tuple[dict[str, tuple[int, float] | None], bytes | None]:
@@ -54,19 +70,12 @@ async def stat_many_and_read(bridge: Bridge, ioctx: rados.Ioctx, names: tuple[st
     if the read failed: ENOENT, or whatever the stat of the same object reports). Any
     error of a stat other than ENOENT is raised. Only the read's return value says how
     much was read (see `read_buffer`)."""
-    submits = [lambda cb, o=o: ioctx.aio_stat(o, cb) for o in names]
+    submits = [stat_submit(ioctx, o) for o in names]
     if length > 0:
         submits.append(lambda cb: ioctx.aio_read(names[0], length, 0, cb))
     results = await bridge.aio_many(submits, with_length=True)
-    found: dict[str, tuple[int, float] | None] = {}
-    for o, st in zip(names, results):
-        if isinstance(st, BaseException):
-            if getattr(st, "errno", None) != errno.ENOENT:
-                raise st
-            found[o] = None
-            continue
-        _, size, mtime = st
-        found[o] = None if size is None else (size, struct_to_epoch(mtime))
+    found = {o: stat_answer(st if isinstance(st, BaseException) else st[1:])
+             for o, st in zip(names, results)}
     data = None
     if length > 0 and not isinstance(results[-1], BaseException):
         rv, buf = results[-1]

@@ -16,9 +16,9 @@ import rados
 import trio
 
 from ..client.bridge import concurrently
-from ..errors import RadosFSError, errno_of
+from ..errors import RadosFSError
 from ..store.ownership import FLAG_OBJECT, NO_OVERRIDE, Ownership, read_many
-from ..store.rados_ops import stat_object, struct_to_epoch
+from ..store.rados_ops import stat_answer, stat_object, stat_submit
 from ..store.striper import StripedData, piece_name, read_head, split_piece
 from .base import DirNode, FileNode
 from .names import NSDIR, SNAPDIR, Skipped, shown_names
@@ -183,16 +183,8 @@ class PoolListing(DirNode):
 
     async def existing(self, io: rados.Ioctx, oids: list[str]) -> set[str]:
         """Those of `oids` that exist (at this view's snapshot), stat'ed in one batch."""
-        results = await self.fs.bridge.aio_many([(lambda cb, o=o: io.aio_stat(o, cb))
-                                                 for o in oids])
-        found = set()
-        for oid, res in zip(oids, results):
-            if isinstance(res, BaseException):
-                if errno_of(res) != errno.ENOENT:
-                    raise res
-            elif res[0] is not None:
-                found.add(oid)
-        return found
+        results = await self.fs.bridge.aio_many([stat_submit(io, o) for o in oids])
+        return {oid for oid, res in zip(oids, results) if stat_answer(res) is not None}
 
     async def _stat_files(self, io: rados.Ioctx, names: list[str], heads: list[str]):
         """Stat a batch of objects concurrently (not one by one): `ls -l` of a big pool.
@@ -205,24 +197,20 @@ class PoolListing(DirNode):
         owners: dict[str, Ownership] = {}
 
         async def fetch_owners() -> None:
-            if not await self.fs.has_overrides(self.pool, io):
+            if not await self.fs.has_overrides(self.pool):
                 return
             oids = [self.prefix + n for n in names] + [self.prefix + h for h in heads]
             owners.update(await read_many(bridge, io, oids))
 
         async def plain_all() -> None:
             oids = [self.prefix + name for name in names]
-            stats = await bridge.aio_many([
-                (lambda cb, o=o: io.aio_stat(o, cb)) for o in oids])
+            stats = await bridge.aio_many([stat_submit(io, o) for o in oids])
             await owners_done.wait()
             for i, (name, oid, res) in enumerate(zip(names, oids, stats)):
-                if isinstance(res, BaseException):
-                    if errno_of(res) == errno.ENOENT:
-                        continue  # deleted after a snapshot, or just now: not listed
-                    raise res
-                if res[0] is None:
-                    continue
-                size, mtime = res[0], struct_to_epoch(res[1])
+                st = stat_answer(res)
+                if st is None:
+                    continue  # deleted after a snapshot, or just now: not listed
+                size, mtime = st
                 node = self.file_node(oid)
                 node.remember(size, mtime, owner=owners.get(oid, NO_OVERRIDE))
                 out[i] = (name, node, await node.attributes_from(size, mtime))
