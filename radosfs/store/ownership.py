@@ -233,7 +233,7 @@ async def pool_has_overrides(bridge: Bridge, io: rados.Ioctx, flag: PoolFlag) ->
     if known is not None:
         return known
     async with flag.lock:
-        if not flag.present and time.monotonic() - flag.checked >= FLAG_TTL:
+        if known_overrides(flag) is None:   # not answered meanwhile by another task
             try:
                 await stat_object(bridge, io, FLAG_OBJECT)
                 flag.present = True

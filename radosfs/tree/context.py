@@ -125,10 +125,10 @@ class MountContext:
             flag = self._flags[key] = PoolFlag()
         return flag
 
-    async def has_overrides(self, pool: str, io: rados.Ioctx | None = None) -> bool:
+    async def has_overrides(self, pool: str) -> bool:
         """Whether objects of `pool` may carry mode/owner overrides (see ownership.py).
 
-        Asked of HEAD whatever `io` reads (a snapshot's ioctx would not see a flag made
+        Asked of HEAD whichever view asks (a snapshot's ioctx would not see a flag made
         after it, and the answer is cached for the pool): the flag is never removed, so
         with it at HEAD a record may be there at any snapshot too."""
         head = await self.conn.ioctx(pool)

@@ -125,7 +125,7 @@ class ObjectFile(FileNode):
         return size, mtime
 
     async def _fetch_owner(self, backend: ObjectBackend) -> None:
-        if await self.fs.has_overrides(self.pool, backend.ioctx):
+        if await self.fs.has_overrides(self.pool):
             self.owner = await self.fs.bridge.run(read_ownership, backend.ioctx,
                                                   backend.head_oid)
 

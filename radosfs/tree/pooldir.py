@@ -117,7 +117,7 @@ class PoolDir(PoolXattrs, PoolListing):
         async def record() -> None:
             got["record"] = await bridge.run(read_ownership, io, self.marker_oid)
 
-        if await self.fs.has_overrides(self.pool, io):
+        if await self.fs.has_overrides(self.pool):
             async with concurrently() as n:
                 n.start_soon(stat)
                 n.start_soon(record)
@@ -264,7 +264,7 @@ class PoolDir(PoolXattrs, PoolListing):
         content: list[bytes | None] = [None]
 
         async def owner_probe(which: tuple[int, ...]) -> None:
-            if await self.fs.has_overrides(self.pool, io):
+            if await self.fs.has_overrides(self.pool):
                 async def one(i: int) -> None:
                     owner[i] = await bridge.run(read_ownership, io, (oid, oid + "/")[i])
                 async with concurrently() as n2:
@@ -318,7 +318,7 @@ class PoolDir(PoolXattrs, PoolListing):
                 node = self.file_node(oid)
                 node.remember(layout[1], results[head][1],
                               await bridge.run(read_ownership, io, head)
-                              if await self.fs.has_overrides(self.pool, io) else NO_OVERRIDE,
+                              if await self.fs.has_overrides(self.pool) else NO_OVERRIDE,
                               fresh=True, striped=StripedData(bridge, io, oid, *layout))
                 return node
         cached = self.fs.cache.get(StoreKey.object(self.pool, oid, self.snap,
