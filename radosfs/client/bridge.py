@@ -90,6 +90,14 @@ class Throttle:
         # One request larger than the byte budget may still go alone.
         return self.bytes == 0 or self.bytes + nbytes <= self.max_bytes
 
+    def try_acquire(self, nbytes: int, ops: int = 1) -> bool:
+        """Take the budget if it is free now (no wait, no checkpoint)."""
+        if not self._fits(nbytes):
+            return False
+        self.ops += ops
+        self.bytes += nbytes
+        return True
+
     async def acquire(self, nbytes: int, ops: int = 1) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._fits(nbytes):
@@ -287,15 +295,11 @@ class Bridge:
         deadline = self._deadline(timeout)
         done = trio.Event()
         box: list[Any] = []
-        throttle = self.throttle
-        if throttle._fits(nbytes):
-            # The usual case: room at once, no cancel scope (waiting for the completion
-            # below is the checkpoint).
-            throttle.ops += 1
-            throttle.bytes += nbytes
-        else:
+        # The usual case: room at once, no cancel scope (waiting for the completion below
+        # is the checkpoint).
+        if not self.throttle.try_acquire(nbytes):
             with trio.move_on_at(deadline) as scope:
-                await throttle.acquire(nbytes)
+                await self.throttle.acquire(nbytes)
             if scope.cancelled_caught:  # nothing taken, nothing submitted
                 raise self._timed_out(what or call_name(submit),
                                       self.op_timeout if timeout is None else timeout,
