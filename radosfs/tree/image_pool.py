@@ -194,9 +194,7 @@ class ImagePool(PoolXattrs, DirNode):
             raise RadosFSError(errno.EXDEV, "RBD namespaces cannot be renamed")
         if old == new:
             return
-        target = await self.rename_target(new, flags)
-        if isinstance(target, DirNode):
-            raise RadosFSError(errno.EISDIR, f"{self.pool}/{new} is an RBD namespace")
+        target = await self.rename_target(new, flags)   # EISDIR for a namespace
         if isinstance(target, FileNode):
             await target.remove()
             self.fs.table.drop(target.key)
@@ -204,5 +202,4 @@ class ImagePool(PoolXattrs, DirNode):
         new_key = image_key(self.pool, new, namespace=self.namespace)
         self.fs.table.drop(new_key)
         self.fs.table.rekey(node, new_key)  # its name is its key's
-        if isinstance(node, FileNode):
-            self.fs.images.renamed(node.backend_key, new)
+        self.fs.images.renamed(node.backend_key, new)
