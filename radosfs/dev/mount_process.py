@@ -3,6 +3,7 @@ the demo. Mounts it, finds the daemon's pid, and unmounts it, waiting for the da
 write back and exit (by pid, never by name)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -85,6 +86,10 @@ class MountProcess:
         if len(pids) != 1:
             self.complain(f"pgrep found {len(pids)} radosfs daemons for {self.path}: {pids}")
         return pids[0] if pids else None
+
+    def stats(self) -> dict:
+        """The mount's counters: its `.radosfs-stats` file."""
+        return json.loads((self.path / ".radosfs-stats").read_text())
 
     def __truediv__(self, other: str) -> Path:
         return self.path / other

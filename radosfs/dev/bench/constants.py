@@ -21,6 +21,11 @@ RSS_MARGIN = 150 * MiB
 PY_SPY_CANDIDATES = ("py-spy", str(Path(sys.executable).parent / "py-spy"))
 # The image the fio rows run on (written in full first): 4 x the default cache_size, so
 # the daemon's cache cannot simply hold it all (random I/O on an image the size of a disk).
-FIO_IMAGE = 2 * 1024 * 1024 * 1024
+FIO_IMAGE = 2 * GiB
 FIO_DEPTH = 16                # fio iodepth of the random 4 KiB rows
 FIO_SECONDS = 15              # each fio row runs this long (after a 2 s ramp)
+# Issue 12's goals, which every report row that marks met/missed uses: radosfs throughput
+# ÷ the aio loop (big files) or librbd aio (RBD dd), by direction; fio's random rows.
+GOAL_VS_AIO = {"write": 0.6, "read": 0.5}
+FIO_GOAL_VS_RBDFUSE = 1.5
+FIO_GOAL_VS_RBD_ENGINE = 0.5

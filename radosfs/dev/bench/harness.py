@@ -44,8 +44,9 @@ class BenchMount(MountProcess):
     cpu_label = "radosfs"       # its name among the CPU shares (Bench.cpu)
 
     def stats(self) -> dict:
+        """As MountProcess.stats, but a step's report goes on without them."""
         try:
-            return json.loads((self.path / ".radosfs-stats").read_text())
+            return super().stats()
         except (OSError, ValueError) as exc:
             return {"error": repr(exc)}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from radosfs.dev.mount_process import REPO
 
-from .constants import MiB, RSS_INTERVAL
+from .constants import GiB, MiB, RSS_INTERVAL
 
 
 def machine_info() -> dict:
@@ -152,7 +152,7 @@ def per_gib(cpu: CpuMeter, who: str, nbytes: int) -> float | None:
     """CPU seconds `who` spent per GiB moved (the daemon's cost of a byte, from
     /proc/PID/stat: its own threads and librados'/librbd's)."""
     sec = cpu.seconds.get(who)
-    return None if sec is None or not nbytes else sec / (nbytes / (1 << 30))
+    return None if sec is None or not nbytes else sec / (nbytes / GiB)
 
 
 def drop_caches() -> bool:

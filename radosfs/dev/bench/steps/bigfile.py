@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from ..constants import BIG_DEPTH, MiB, RSS_MARGIN
+from ..constants import BIG_DEPTH, GOAL_VS_AIO, MiB, RSS_MARGIN
 from ..harness import Bench, say
 from ..meters import RssSampler, drop_caches, per_gib, rss_of, timed, warm
 from ..profiling import profiled
@@ -132,7 +132,7 @@ def run(b: Bench) -> None:
 
     def row(k: str) -> list[str]:
         rat = r[f"ratio_{k}_vs_aio"]
-        goal = 0.6 if k == "write" else 0.5      # issue 12's goals, as in report.py
+        goal = GOAL_VS_AIO[k]
         return [f"{k} {fmt_size(size)}", rate_cell(r, f"radosfs_{k}", size),
                 rate_cell(r, f"striper_{k}", size), rate_cell(r, f"aio_{k}", size),
                 fmt_ratio(r[f"ratio_{k}_vs_striper"]), fmt_ratio(rat),

@@ -11,7 +11,8 @@ from pathlib import Path
 import rados
 import rbd as rbd_mod
 
-from ..constants import FIO_DEPTH, FIO_IMAGE, FIO_SECONDS, MiB
+from ..constants import (FIO_DEPTH, FIO_GOAL_VS_RBD_ENGINE, FIO_GOAL_VS_RBDFUSE, FIO_IMAGE,
+                         FIO_SECONDS, MiB)
 from ..harness import Bench, say
 from ..meters import timed
 from ..profiling import profiled
@@ -117,8 +118,10 @@ def run(b: Bench) -> None:
         rows.append([f"4 KiB {rw}, QD {FIO_DEPTH}", cell("radosfs"), cell("rbdfuse"),
                      cell("fio_rbd"), fmt_ratio(r[f"ratio_{rw}_vs_rbdfuse"]),
                      fmt_ratio(r[f"ratio_{rw}_vs_fio_rbd"]),
-                     f"÷ rbd-fuse ≥ 1.5: {mark_ge(r[f'ratio_{rw}_vs_rbdfuse'], 1.5)}; "
-                     f"÷ fio rbd ≥ 0.5: {mark_ge(r[f'ratio_{rw}_vs_fio_rbd'], 0.5)}"])
+                     f"÷ rbd-fuse ≥ {FIO_GOAL_VS_RBDFUSE}: "
+                     f"{mark_ge(r[f'ratio_{rw}_vs_rbdfuse'], FIO_GOAL_VS_RBDFUSE)}; "
+                     f"÷ fio rbd ≥ {FIO_GOAL_VS_RBD_ENGINE}: "
+                     f"{mark_ge(r[f'ratio_{rw}_vs_fio_rbd'], FIO_GOAL_VS_RBD_ENGINE)}"])
     b.sections.append(
         f"### 4. RBD random I/O: fio on one {FIO_IMAGE // MiB:,} MiB image\n\n"
         f"Image pool `{pool}` (32 PGs, `rbd pool init`), one image written in full with "

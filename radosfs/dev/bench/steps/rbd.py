@@ -11,7 +11,7 @@ from pathlib import Path
 import rados
 import rbd as rbd_mod
 
-from ..constants import BIG_DEPTH, MiB
+from ..constants import BIG_DEPTH, GOAL_VS_AIO, MiB
 from ..harness import Bench, say
 from ..meters import per_gib, timed, warm
 from ..references import librbd_loop, remove_images
@@ -146,7 +146,7 @@ def run(b: Bench) -> None:
 
     def tgt(v: str, k: str) -> str:
         a, c = r[f"ratio_{v}_{k}_vs_rbdfuse"], r[f"ratio_{v}_{k}_vs_librbd"]
-        goal = 0.6 if k == "write" else 0.5      # issue 12's goals, as in report.py
+        goal = GOAL_VS_AIO[k]
         return f"÷ rbd-fuse ≥ 1: {mark_ge(a, 1.0)}; ÷ librbd ≥ {goal}: {mark_ge(c, goal)}"
 
     rows = []
