@@ -169,6 +169,15 @@ def run(cmd: list[str] | str, cluster: LocalCluster | None = None, check: bool =
     return res
 
 
+def os_fails(fn, err: int, *args) -> None:
+    """`fn(*args)` raises OSError with errno `err`."""
+    with pytest.raises(OSError) as e:
+        fn(*args)
+    assert e.value.errno == err, \
+        f"{getattr(fn, '__name__', fn)}{args}: errno {errno.errorcode.get(e.value.errno)}, " \
+        f"expected {errno.errorcode[err]}"
+
+
 def fails(cmd, expect: str, cluster: LocalCluster | None = None) -> str:
     """Run a command that must fail; its stderr must contain `expect`."""
     res = run(cmd, cluster, check=False)

@@ -1,7 +1,6 @@
 """The page cache and large files through a real mount on the real cluster."""
 from __future__ import annotations
 
-import json
 import os
 import random
 import subprocess
@@ -19,10 +18,6 @@ def rss_bytes(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def stats(mount) -> dict:
-    return json.loads((mount.path / ".radosfs-stats").read_text())
 
 
 def test_random_writes_match_reference(mnt, pool, rados, tmp_path):
@@ -57,9 +52,9 @@ def test_partial_write_is_in_place(mnt, pool, rados, tmp_path):
     """A small write in the middle of a big object sends only those bytes to RADOS."""
     (tmp_path / "base").write_bytes(os.urandom(32 << 20))
     rados(pool, "put", "big", str(tmp_path / "base"))
-    before = stats(mnt)["cache"]["bytes_written"]
+    before = mnt.stats()["cache"]["bytes_written"]
     run(f"printf HELLO | dd of={mnt / pool / 'big'} bs=1 seek=10000000 conv=notrunc")
-    written = stats(mnt)["cache"]["bytes_written"] - before
+    written = mnt.stats()["cache"]["bytes_written"] - before
     assert written < 1 << 20, f"{written} bytes written for a 5-byte change"
     rados(pool, "get", "big", str(tmp_path / "back"))
     back = (tmp_path / "back").read_bytes()
@@ -154,7 +149,7 @@ def test_cache_limit_holds_during_large_copy(mount_factory, pool, tmp_path):
     finally:
         stop.set()
         t.join()
-    s = stats(m)["cache"]
+    s = m.stats()["cache"]
     assert s["cached_bytes"] <= 64 << 20
     assert s["evicted_pages"] > 0
     assert peak[0] < (64 + 150) << 20, f"peak RSS {peak[0] >> 20} MiB"

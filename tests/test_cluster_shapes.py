@@ -22,7 +22,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import Mount, healthy, own_cluster, run
+from conftest import Mount, healthy, os_fails, own_cluster, run
 from radosfs.dev.cluster import EC_PROFILE, LocalCluster
 from test_faults_more import rados_get, rados_size, sha
 
@@ -118,7 +118,7 @@ def _sha_file(path: pathlib.Path) -> str:
 
 
 def _written(m: Mount) -> int:
-    return json.loads((m.path / ".radosfs-stats").read_text())["cache"]["bytes_written"]
+    return m.stats()["cache"]["bytes_written"]
 
 
 def _wait_clean(cluster: LocalCluster, timeout: float = 240) -> float:
@@ -258,12 +258,6 @@ def test_ec_pool_with_overwrites_behaves_like_a_replicated_one(shaped, spool, sm
 
 # ---- an erasure-coded pool without overwrites ---------------------------------------------
 
-def _fails(fn, expect: int) -> None:
-    with pytest.raises(OSError) as info:
-        fn()
-    assert info.value.errno == expect, info.value
-
-
 @pytest.mark.parametrize("spool", ["ec"], indirect=True)
 def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
         shaped, spool, smount, tmp_path):
@@ -285,7 +279,7 @@ def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
     fd = os.open(d / "a", os.O_WRONLY)
     try:
         os.pwrite(fd, b"XYZ", 100)
-        _fails(lambda: os.fsync(fd), errno.EOPNOTSUPP)
+        os_fails(lambda: os.fsync(fd), errno.EOPNOTSUPP)
     finally:
         try:
             os.close(fd)
@@ -309,8 +303,8 @@ def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
     with open(d / "aligned", "ab") as f:
         f.write(b"appended")
     assert rados_get(shaped, spool, "aligned", tmp_path) == aligned + b"appended"
-    _fails(lambda: os.truncate(d / "c", 1000), errno.EOPNOTSUPP)
-    _fails(lambda: os.truncate(d / "s", 10 * MiB), errno.EOPNOTSUPP)
+    os_fails(lambda: os.truncate(d / "c", 1000), errno.EOPNOTSUPP)
+    os_fails(lambda: os.truncate(d / "s", 10 * MiB), errno.EOPNOTSUPP)
     assert rados_get(shaped, spool, "c", tmp_path) == old
     assert rados_size(shaped, spool, "s") == 80 * MiB + 5
     assert "truncate only to 0" in m.read_log()[start:]
@@ -338,7 +332,7 @@ def test_ec_pool_without_overwrites_whole_writes_work_partial_ones_are_refused(
     assert (st.st_mode & 0o777, st.st_mtime_ns) == (0o640, 1_000_000_000_123_456_789)
     # A snapshot writes the pool's dirty data back first: while the refused bytes of `a`
     # and `b` wait in the cache it fails with their errno; removing the files ends that.
-    _fails(lambda: os.mkdir(d / ".snap" / "before-rm"), errno.EOPNOTSUPP)
+    os_fails(lambda: os.mkdir(d / ".snap" / "before-rm"), errno.EOPNOTSUPP)
     os.unlink(d / "a")
     os.unlink(d / "b")
     assert rados_size(shaped, spool, "a") is None and rados_size(shaped, spool, "b") is None
@@ -368,7 +362,7 @@ def test_omap_on_ec_pools_is_refused_by_ceph_and_mv_needs_none(shaped, spool, sm
         run(["setfattr", "-n", "user.k", "-v", "v", str(m / spool / "x")])
         os.rename(m / spool / "x", m / spool / "y")
         assert run(["rados", "-p", spool, "getxattr", "y", "k"], shaped).stdout == b"v"
-        _fails(lambda: os.rename(m / rep / "o", m / spool / "o"), errno.EXDEV)
+        os_fails(lambda: os.rename(m / rep / "o", m / spool / "o"), errno.EXDEV)
         listing = set(run(["rados", "-p", spool, "ls"], shaped).stdout.decode().split())
         assert listing == {"y"}, listing
         assert run(["rados", "-p", rep, "getomapval", "o", "key", "-"], shaped).stdout == b"val"

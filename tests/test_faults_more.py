@@ -177,7 +177,7 @@ def test_quota_refused_writes_leave_no_trace_and_memory_is_capped(fcluster, fmou
     refused = [r for r in results if r[2] is not None]
     assert len(refused) >= files * 0.9, results[:5]
     assert all(r[2] in (errno.EDQUOT, errno.ENOSPC) for r in refused), refused[:5]
-    stats = json.loads((m.path / ".radosfs-stats").read_text())
+    stats = m.stats()
     dirty = stats["cache"]["dirty_bytes"] if "cache" in stats else stats.get("dirty_bytes")
     log = m.read_log()
     errors = [ln for ln in log.splitlines() if " ERROR " in ln]

@@ -218,7 +218,7 @@ def test_o_direct_random_4k_io_reaches_the_image_at_once_and_agrees_with_buffere
     (tmp_path / "base").write_bytes(base)
     run(["rbd", "import", "--no-progress", str(tmp_path / "base"), f"{rbd_pool}/d"], cluster)
     path = mnt / rbd_pool / "d"
-    before = json.loads((mnt / ".radosfs-stats").read_text())["cache"]
+    before = mnt.stats()["cache"]
     proc = subprocess.Popen([sys.executable, "-c", DIRECT_IO, str(path), "5", str(size)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -248,7 +248,7 @@ def test_o_direct_random_4k_io_reaches_the_image_at_once_and_agrees_with_buffere
             proc.wait()
     assert rbd_export(cluster, f"{rbd_pool}/d") == expect   # after close: all of it
     assert path.read_bytes() == expect
-    after = json.loads((mnt / ".radosfs-stats").read_text())["cache"]
+    after = mnt.stats()["cache"]
     direct = sum(1 for off in written if off // MiB != 0)
     assert after["direct_writes"] - before["direct_writes"] >= direct
     assert after["direct_reads"] > before["direct_reads"]

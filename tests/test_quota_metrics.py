@@ -287,10 +287,6 @@ def radosfs_cmd(*args: str) -> str:
     return res.stdout
 
 
-def stats_of(mount: Mount) -> dict:
-    return json.loads((mount.path / ".radosfs-stats").read_text())
-
-
 def scrape(port: int, path: str = "/metrics") -> tuple[int, str, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
@@ -303,7 +299,7 @@ def test_prometheus_metrics_port_and_textfile(cluster, tmp_path, pool):
     prom = tmp_path / "radosfs.prom"
     mount = Mount(cluster, tmp_path / "mnt" / "m", f"metrics_port=0,metrics_file={prom}")
     try:
-        port = stats_of(mount)["mount"]["metrics_port"]
+        port = mount.stats()["mount"]["metrics_port"]
         assert isinstance(port, int) and port > 0
         data = os.urandom(3 * MiB)
         (tmp_path / "src").write_bytes(data)
@@ -323,7 +319,7 @@ def test_prometheus_metrics_port_and_textfile(cluster, tmp_path, pool):
         assert value(fams, "radosfs_request_duration_seconds_count", op="write") >= 3
         assert value(fams, "radosfs_mount_info", mountpoint=str(mount.path)) == 1
         # the same counters as the stats file (nothing touched the pool meanwhile)
-        st = stats_of(mount)
+        st = mount.stats()
         assert st["requests"]["pools"][pool]["bytes_written"] == len(data)
         assert st["requests"]["pools"][pool]["bytes_read"] == \
             value(fams, "radosfs_pool_read_bytes_total", pool=pool)
@@ -391,11 +387,11 @@ def test_admin_socket_per_mount(cluster, tmp_path):
     b = Mount(cluster, tmp_path / "b" / "m", f"admin_socket={custom}")
     c = Mount(cluster, tmp_path / "c" / "m", "admin_socket=none")
     try:
-        sa = stats_of(a)["mount"]["admin_socket"]
-        assert sa == f"/run/radosfs/ceph-client.admin.{stats_of(a)['mount']['pid']}.asok"
+        sa = a.stats()["mount"]["admin_socket"]
+        assert sa == f"/run/radosfs/ceph-client.admin.{a.stats()['mount']['pid']}.asok"
         assert os.stat("/run/radosfs").st_mode & 0o077 == 0
-        assert stats_of(b)["mount"]["admin_socket"] == str(custom)
-        assert stats_of(c)["mount"]["admin_socket"] is None
+        assert b.stats()["mount"]["admin_socket"] == str(custom)
+        assert c.stats()["mount"]["admin_socket"] is None
         assert f"admin socket {sa}" in radosfs_cmd("status", str(a.path))
         # the real ceph CLI, no ceph.conf change
         perf = ceph_daemon(cluster, sa, "perf", "dump")

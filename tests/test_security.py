@@ -345,14 +345,19 @@ def test_allow_other_checks_modes(cluster, pool, open_mount):
     assert read_as(m2 / pool / "public", NOBODY).stdout == "public\n"
 
 
+def readable_warnings(m) -> list[str]:
+    """The mount log's lines about a key file others can read."""
+    return [ln for ln in m.read_log().splitlines() if "readable by" in ln]
+
+
 def test_keyring_readable_by_others_is_warned_about(cluster, users, pool, mount_factory):
     name, keyring = users.make(f"allow rw pool={pool}")
     m = mount_factory(f"name={name},keyring={keyring}")
-    assert "readable by" not in m.read_log()
+    assert not readable_warnings(m)
     m.close()
     keyring.chmod(0o644)
     m = mount_factory(f"name={name},keyring={keyring}")
-    warned = [ln for ln in m.read_log().splitlines() if "readable by" in ln]
+    warned = readable_warnings(m)
     assert len(warned) == 1 and "WARNING" in warned[0] and str(keyring) in warned[0], warned
     assert "key =" not in m.read_log()
 
@@ -367,11 +372,11 @@ def test_secretfile_readable_by_others_is_warned_about(cluster, users, pool, mou
     secret.chmod(0o600)
     m = mount_factory(f"name={name},secretfile={secret}")
     (m / pool / "via-secret").write_bytes(b"x")
-    assert "readable by" not in m.read_log()
+    assert not readable_warnings(m)
     m.close()
     secret.chmod(0o604)
     m = mount_factory(f"name={name},secretfile={secret}")
-    warned = [ln for ln in m.read_log().splitlines() if "readable by" in ln]
+    warned = readable_warnings(m)
     assert len(warned) == 1 and "WARNING" in warned[0] and str(secret) in warned[0], warned
     assert "readable by others" in warned[0]
     assert key not in m.read_log()

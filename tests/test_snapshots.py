@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Mount, healthy, rados_get, rbd, rbd_export, run
+from conftest import Mount, healthy, os_fails, rados_get, rbd, rbd_export, run
 
 MiB = 1 << 20
 MSG = {errno.EROFS: "Read-only file system", errno.EINVAL: "Invalid argument",
@@ -110,14 +110,6 @@ def shell_fails(cmd: list[str] | str, err: int, cluster=None) -> None:
     text = res.stderr.decode(errors="replace")
     assert res.returncode != 0, f"{cmd} succeeded, expected {errno.errorcode[err]}"
     assert MSG[err] in text, f"{cmd}: expected {MSG[err]!r}, got {text!r}"
-
-
-def os_fails(fn, err: int, *args) -> None:
-    with pytest.raises(OSError) as e:
-        fn(*args)
-    assert e.value.errno == err, \
-        f"{fn.__name__}{args}: errno {errno.errorcode.get(e.value.errno)}, expected " \
-        f"{errno.errorcode[err]}"
 
 
 def wait_until(pred, timeout: float, what: str) -> float:
